@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Checks exported models with the reference ONNX tooling: onnx.checker (full_check) and
+# onnxruntime's logits against tract's, on the models and inputs of tests/export_parity.rs.
+# Makes its own Python venv (.venv) with onnx, onnxruntime and numpy from PyPI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=${SC_VENV:-.venv}
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install -q --disable-pip-version-check onnx onnxruntime numpy
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+SC_INTEROP_DIR="$dir" cargo test -q --release --test export_parity >/dev/null
+"$venv/bin/python" scripts/onnx_interop.py "$dir"

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): installs what the build needs, runs every Rust test
+# (unit, integration, cross-crate parity) and the onnxruntime interoperability check.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v protoc >/dev/null 2>&1; then
+  # candle-onnx generates its ONNX types with protoc at build time.
+  apt-get update -qq && apt-get install -y -qq protobuf-compiler >/dev/null
+fi
+cargo test --release --workspace --all-targets
+bash scripts/onnx-interop.sh

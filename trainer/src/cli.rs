@@ -1,0 +1,408 @@
+//! Command-line flags, turned into a validated [`TrainConfig`] before any work starts.
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use sc_models::Shortcut;
+
+use crate::config::{ModelConfig, TrainConfig};
+use crate::data::DataConfig;
+use crate::optim::{MomentumStyle, SgdConfig};
+use crate::schedule::{Anneal, CyclicMomentum, Schedule};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sc-trainer",
+    version,
+    about = "Train CIFAR ResNets with super-convergence (one-cycle) learning rates, test the paper's claims, export to ONNX"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train a model; writes runs/NAME/ (config, metrics, checkpoints, summary, model.onnx).
+    Fit(FitArgs),
+    /// Export a run's weights to ONNX (input `image` [N,C,H,W] in [0,1], output `logits`).
+    Export {
+        /// The run directory (runs/NAME).
+        run_dir: PathBuf,
+        /// Output file [default: RUN_DIR/model.onnx].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScheduleKind {
+    /// One cycle (the paper: linear min→max→min; see --final-lr, --cycle-end, --anneal).
+    OneCycle,
+    /// Triangular cyclical LR with --step-size.
+    Clr,
+    /// Piecewise constant: --lr, ×--gamma at each of --milestones.
+    Piecewise,
+    /// Constant --lr.
+    Constant,
+}
+
+/// Flags shared by `fit`, `lr-find` and `reproduce`: model, data, batch, seed.
+#[derive(Args, Debug, Clone, Default)]
+pub struct CommonArgs {
+    /// Network: resnet20, resnet32, resnet44, resnet56 (the paper), resnet110 [default: resnet20].
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Training data: a CIFAR-10 binary directory (data_batch_1..5.bin), a CIFAR-100 directory, or a
+    /// directory of (Fashion-)MNIST IDX files (e.g. /usr/share/datasets/fashion-mnist).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Train on a seeded, class-balanced subset of N images (the paper: 10000…40000) [default: all].
+    #[arg(long, value_name = "N")]
+    pub train_size: Option<usize>,
+    /// Images held out of the training set for validation [default: 5000].
+    #[arg(long, value_name = "N")]
+    pub val_size: Option<usize>,
+    /// Images per iteration (the paper: 1000) [default: 128].
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<usize>,
+    /// Seed for weights, batch order and augmentation [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Device: cpu, cuda or cuda:N [default: cpu].
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct FitArgs {
+    /// A TOML or JSON config with every option (flags given here override it).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Continue the run in this directory from its last checkpoint (other flags are ignored).
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "config")]
+    pub resume: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Run name: the run goes to RUNS/NAME [default: MODEL-SCHEDULE-sSEED].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Directory of runs [default: runs].
+    #[arg(long, value_name = "DIR")]
+    pub runs: Option<PathBuf>,
+
+    /// Learning-rate schedule [default: one-cycle].
+    #[arg(long, value_enum)]
+    pub schedule: Option<ScheduleKind>,
+    /// one-cycle/clr: lowest LR, at the start (the paper: 0.1) [default: 0.08].
+    #[arg(long)]
+    pub min_lr: Option<f64>,
+    /// one-cycle/clr: the peak LR (the paper: 3.0 at batch 1000) [default: 0.8].
+    #[arg(long)]
+    pub max_lr: Option<f64>,
+    /// one-cycle: LR at the last iteration (1cycle annihilation, e.g. min/1000) [default: --min-lr].
+    #[arg(long)]
+    pub final_lr: Option<f64>,
+    /// one-cycle: fraction of the run where the LR peaks [default: 0.5].
+    #[arg(long)]
+    pub pct_start: Option<f64>,
+    /// one-cycle: fraction of the run where the LR is back at --min-lr before annihilation
+    /// (1.0: the paper's triangle; e.g. 0.9 for 1cycle) [default: 1.0].
+    #[arg(long)]
+    pub cycle_end: Option<f64>,
+    /// one-cycle: shape between knots [default: linear].
+    #[arg(long, value_enum)]
+    pub anneal: Option<Anneal>,
+    /// Cyclical momentum MAX,MIN (1cycle: 0.95,0.85) [default: off, constant --momentum].
+    #[arg(long, value_name = "MAX,MIN")]
+    pub cyclic_momentum: Option<String>,
+    /// piecewise/constant: the LR (the paper's PC-LR: 0.35) [default: 0.1].
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// piecewise: iterations where the LR is multiplied by --gamma, comma-separated
+    /// (the paper: 50000,70000) [default: 50% and 75% of the run].
+    #[arg(long, value_delimiter = ',')]
+    pub milestones: Option<Vec<usize>>,
+    /// piecewise: LR factor at each milestone [default: 0.1].
+    #[arg(long)]
+    pub gamma: Option<f64>,
+    /// clr: iterations per half cycle [default: a quarter of the run].
+    #[arg(long)]
+    pub step_size: Option<usize>,
+
+    /// Training length in iterations (the paper: 10000 one-cycle, 80000 PC-LR).
+    #[arg(long, conflicts_with = "epochs")]
+    pub iterations: Option<usize>,
+    /// Training length in epochs of the training split [default: 10 when no --iterations].
+    #[arg(long)]
+    pub epochs: Option<f64>,
+    /// SGD momentum (the paper: 0.9) [default: 0.9].
+    #[arg(long)]
+    pub momentum: Option<f64>,
+    /// Nesterov momentum.
+    #[arg(long)]
+    pub nesterov: bool,
+    /// L2 weight decay (the paper: 1e-4) [default: 1e-4].
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Do not decay BatchNorm parameters and biases.
+    #[arg(long)]
+    pub no_decay_bn: bool,
+    /// Momentum formulation: pytorch (v = m·v + g; w -= lr·v) or caffe (v = m·v + lr·g; w -= v)
+    /// [default: pytorch].
+    #[arg(long, value_enum)]
+    pub momentum_style: Option<MomentumStyle>,
+    /// BatchNorm momentum, PyTorch convention (the paper's CLR runs: 0.05) [default: 0.1].
+    #[arg(long)]
+    pub bn_momentum: Option<f64>,
+    /// Down-sampling shortcut: a (zero-padding, the paper's) or b (1x1 projection) [default: a].
+    #[arg(long, value_parser = parse_shortcut)]
+    pub shortcut: Option<Shortcut>,
+    /// No random crop.
+    #[arg(long)]
+    pub no_crop: bool,
+    /// Random-crop padding in pixels [default: 4].
+    #[arg(long)]
+    pub pad: Option<usize>,
+    /// No random horizontal flip.
+    #[arg(long)]
+    pub no_flip: bool,
+    /// Validate every N iterations [default: once per epoch].
+    #[arg(long, value_name = "N")]
+    pub eval_every: Option<usize>,
+    /// Checkpoint every N iterations [default: at every validation].
+    #[arg(long, value_name = "N")]
+    pub checkpoint_every: Option<usize>,
+    /// Evaluate on the data set's test split once, at the end (never used to choose anything).
+    #[arg(long)]
+    pub test: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Checkpoint and stop once N iterations are done (resume later with --resume).
+    #[arg(long, value_name = "N")]
+    pub stop_after: Option<usize>,
+}
+
+fn parse_shortcut(s: &str) -> Result<Shortcut, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "a" => Ok(Shortcut::A),
+        "b" => Ok(Shortcut::B),
+        _ => Err(format!("shortcut must be a or b, got '{s}'")),
+    }
+}
+
+fn parse_cyclic(s: &str) -> anyhow::Result<CyclicMomentum> {
+    let parts: Vec<&str> = s.split(',').collect();
+    if parts.len() != 2 {
+        bail!("--cyclic-momentum takes MAX,MIN (e.g. 0.95,0.85), got '{s}'");
+    }
+    let max = parts[0].trim().parse()?;
+    let min = parts[1].trim().parse()?;
+    Ok(CyclicMomentum { max, min })
+}
+
+impl CommonArgs {
+    /// Applies these flags over a config.
+    pub fn apply(&self, c: &mut TrainConfig) {
+        if let Some(m) = &self.model {
+            c.model.name = m.clone();
+        }
+        if let Some(d) = &self.data {
+            c.data.path = d.clone();
+        }
+        if self.train_size.is_some() {
+            c.data.train_size = self.train_size;
+        }
+        if let Some(v) = self.val_size {
+            c.data.val_size = v;
+        }
+        if let Some(b) = self.batch_size {
+            c.batch_size = b;
+        }
+        if let Some(s) = self.seed {
+            c.seed = s;
+        }
+        if let Some(d) = &self.device {
+            c.device = d.clone();
+        }
+    }
+}
+
+/// The config a bare `fit` starts from.
+pub fn default_config() -> TrainConfig {
+    TrainConfig {
+        model: ModelConfig {
+            name: "resnet20".into(),
+            shortcut: Shortcut::A,
+            bn_momentum: 0.1,
+        },
+        data: DataConfig {
+            path: PathBuf::new(),
+            train_size: None,
+            val_size: 5000,
+            split_seed: 0,
+            crop: true,
+            pad: 4,
+            flip: true,
+        },
+        schedule: Schedule::paper_one_cycle(0.08, 0.8),
+        optimizer: SgdConfig::default(),
+        iterations: None,
+        epochs: Some(10.0),
+        batch_size: 128,
+        seed: 0,
+        eval_every: 0,
+        checkpoint_every: 0,
+        eval_batch_size: 500,
+        device: "cpu".into(),
+        test_eval: false,
+    }
+}
+
+impl FitArgs {
+    /// The resolved config: file (or defaults), then flags. Lengths in epochs stay unresolved
+    /// until the data is read.
+    pub fn to_config(&self) -> anyhow::Result<TrainConfig> {
+        let mut c = match &self.config {
+            Some(p) => TrainConfig::from_file(p)?,
+            None => default_config(),
+        };
+        self.common.apply(&mut c);
+        if c.data.path.as_os_str().is_empty() {
+            bail!("no training data: give --data DIR (a CIFAR-10 binary directory or Fashion-MNIST IDX directory)");
+        }
+        if let Some(i) = self.iterations {
+            c.iterations = Some(i);
+            c.epochs = None;
+        }
+        if let Some(e) = self.epochs {
+            c.epochs = Some(e);
+            c.iterations = None;
+        }
+        self.apply_schedule(&mut c)?;
+        let o = &mut c.optimizer;
+        if let Some(m) = self.momentum {
+            o.momentum = m;
+        }
+        if self.nesterov {
+            o.nesterov = true;
+        }
+        if let Some(w) = self.weight_decay {
+            o.weight_decay = w;
+        }
+        if self.no_decay_bn {
+            o.decay_bn_and_bias = false;
+        }
+        if let Some(s) = self.momentum_style {
+            o.style = s;
+        }
+        if let Some(b) = self.bn_momentum {
+            c.model.bn_momentum = b;
+        }
+        if let Some(s) = self.shortcut {
+            c.model.shortcut = s;
+        }
+        if self.no_crop {
+            c.data.crop = false;
+        }
+        if let Some(p) = self.pad {
+            c.data.pad = p;
+        }
+        if self.no_flip {
+            c.data.flip = false;
+        }
+        if let Some(e) = self.eval_every {
+            c.eval_every = e;
+        }
+        if let Some(e) = self.checkpoint_every {
+            c.checkpoint_every = e;
+        }
+        if self.test {
+            c.test_eval = true;
+        }
+        Ok(c)
+    }
+
+    fn apply_schedule(&self, c: &mut TrainConfig) -> anyhow::Result<()> {
+        let momentum = self
+            .cyclic_momentum
+            .as_deref()
+            .map(parse_cyclic)
+            .transpose()?;
+        let kind = match (self.schedule, &c.schedule) {
+            (Some(k), _) => k,
+            (None, Schedule::OneCycle { .. }) => ScheduleKind::OneCycle,
+            (None, Schedule::Clr { .. }) => ScheduleKind::Clr,
+            (None, Schedule::Piecewise { .. }) => ScheduleKind::Piecewise,
+            (None, Schedule::Constant { .. }) => ScheduleKind::Constant,
+            (None, Schedule::Range { .. }) => bail!("a range schedule is for lr-find, not fit"),
+        };
+        // Start from the config's schedule when it is of the same kind, else from defaults.
+        let base = match (kind, c.schedule.clone()) {
+            (ScheduleKind::OneCycle, s @ Schedule::OneCycle { .. }) => s,
+            (ScheduleKind::OneCycle, _) => Schedule::paper_one_cycle(0.08, 0.8),
+            (ScheduleKind::Clr, s @ Schedule::Clr { .. }) => s,
+            (ScheduleKind::Clr, _) => Schedule::Clr {
+                min_lr: 0.08,
+                max_lr: 0.8,
+                step_size: 0,
+                momentum: None,
+            },
+            (ScheduleKind::Piecewise, s @ Schedule::Piecewise { .. }) => s,
+            (ScheduleKind::Piecewise, _) => Schedule::Piecewise {
+                lr: 0.1,
+                milestones: vec![],
+                gamma: 0.1,
+            },
+            (ScheduleKind::Constant, s @ Schedule::Constant { .. }) => s,
+            (ScheduleKind::Constant, _) => Schedule::Constant { lr: 0.1 },
+        };
+        c.schedule = match base {
+            Schedule::OneCycle {
+                min_lr,
+                max_lr,
+                final_lr,
+                pct_start,
+                cycle_end,
+                anneal,
+                momentum: m0,
+            } => Schedule::OneCycle {
+                min_lr: self.min_lr.unwrap_or(min_lr),
+                max_lr: self.max_lr.unwrap_or(max_lr),
+                final_lr: self.final_lr.or(final_lr),
+                pct_start: self.pct_start.unwrap_or(pct_start),
+                cycle_end: self.cycle_end.or(cycle_end),
+                anneal: self.anneal.unwrap_or(anneal),
+                momentum: momentum.or(m0),
+            },
+            Schedule::Clr {
+                min_lr,
+                max_lr,
+                step_size,
+                momentum: m0,
+            } => Schedule::Clr {
+                min_lr: self.min_lr.unwrap_or(min_lr),
+                max_lr: self.max_lr.unwrap_or(max_lr),
+                step_size: self.step_size.unwrap_or(step_size),
+                momentum: momentum.or(m0),
+            },
+            Schedule::Piecewise {
+                lr,
+                milestones,
+                gamma,
+            } => Schedule::Piecewise {
+                lr: self.lr.unwrap_or(lr),
+                milestones: self.milestones.clone().unwrap_or(milestones),
+                gamma: self.gamma.unwrap_or(gamma),
+            },
+            Schedule::Constant { lr } => Schedule::Constant {
+                lr: self.lr.unwrap_or(lr),
+            },
+            r @ Schedule::Range { .. } => r,
+        };
+        Ok(())
+    }
+}

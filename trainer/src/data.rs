@@ -1,0 +1,409 @@
+//! The training data pipeline: validation split, class-balanced subsets, normalization statistics,
+//! augmentation, and batches prepared on a background thread.
+//!
+//! Every batch is a pure function of `(seed, iteration)`: the epoch's order comes from a generator
+//! seeded by `(seed, epoch)` and each image's crop and flip from one seeded by `(seed, iteration)`.
+//! A resumed run therefore sees exactly the batches an uninterrupted one would, with no RNG state
+//! to save.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use sc_models::Normalization;
+use sc_runtime::data::{Dataset, Split};
+
+/// Data settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// A CIFAR-10/100 binary directory or file, or a directory of (Fashion-)MNIST IDX files.
+    pub path: PathBuf,
+    /// Train on a seeded, class-balanced subset of this many images (the paper's 10k…40k runs);
+    /// absent: everything not held out for validation.
+    #[serde(default)]
+    pub train_size: Option<usize>,
+    /// Images held out of the training set for validation (default 5000).
+    #[serde(default = "default_val")]
+    pub val_size: usize,
+    /// Seed of the validation split, kept apart from the training seed so that runs with different
+    /// seeds are validated on the same images.
+    #[serde(default)]
+    pub split_seed: u64,
+    /// Random crop after zero padding by `pad` pixels.
+    #[serde(default = "yes")]
+    pub crop: bool,
+    /// Padding of the random crop, in pixels (4 for CIFAR, 2 for 28x28).
+    #[serde(default = "default_pad")]
+    pub pad: usize,
+    /// Random horizontal flip.
+    #[serde(default = "yes")]
+    pub flip: bool,
+}
+
+fn default_val() -> usize {
+    5000
+}
+fn default_pad() -> usize {
+    4
+}
+fn yes() -> bool {
+    true
+}
+
+fn mix(a: u64, b: u64, c: u64) -> u64 {
+    // SplitMix64 over the three words: distinct streams for distinct (seed, tag, index).
+    let mut z = a
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(b.wrapping_mul(0xBF58_476D_1CE4_E5B9))
+        .wrapping_add(c.wrapping_mul(0x94D0_49BB_1331_11EB));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The prepared splits.
+pub struct Splits {
+    pub train: Arc<Dataset>,
+    pub val: Dataset,
+    pub normalization: Normalization,
+}
+
+impl DataConfig {
+    /// Reads the training set and splits it; the message names the file on failure.
+    pub fn load(&self) -> anyhow::Result<Splits> {
+        let all = Dataset::open(&self.path, Split::Train)?;
+        self.split(all)
+    }
+
+    pub fn split(&self, all: Dataset) -> anyhow::Result<Splits> {
+        let n = all.len();
+        if self.val_size >= n {
+            anyhow::bail!(
+                "{}: val_size {} leaves no training images ({} in the set)",
+                all.source,
+                self.val_size,
+                n
+            );
+        }
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(self.split_seed, 1, 0)));
+        let (val_idx, pool) = order.split_at(self.val_size);
+        let train_idx = match self.train_size {
+            None => pool.to_vec(),
+            Some(k) if k > pool.len() => anyhow::bail!(
+                "{}: train_size {k} is more than the {} images left after holding out {} for validation",
+                all.source,
+                pool.len(),
+                self.val_size
+            ),
+            Some(0) => anyhow::bail!("train_size must be at least 1"),
+            Some(k) => balanced_subset(&all, pool, k),
+        };
+        let mut val_idx = val_idx.to_vec();
+        val_idx.sort_unstable();
+        let train = all.subset(&train_idx);
+        let val = all.subset(&val_idx);
+        let normalization = channel_stats(&train);
+        Ok(Splits {
+            train: Arc::new(train),
+            val,
+            normalization,
+        })
+    }
+}
+
+/// `k` images from `pool` (already shuffled), as evenly over the classes as the pool allows.
+fn balanced_subset(all: &Dataset, pool: &[usize], k: usize) -> Vec<usize> {
+    let classes = all.num_classes();
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
+    for &i in pool {
+        by_class[all.labels[i] as usize].push(i);
+    }
+    // Round-robin over the classes in the pool's shuffled order.
+    let mut out = Vec::with_capacity(k);
+    let mut depth = 0;
+    while out.len() < k {
+        for c in by_class.iter() {
+            if out.len() < k {
+                if let Some(&i) = c.get(depth) {
+                    out.push(i);
+                }
+            }
+        }
+        depth += 1;
+    }
+    out.sort_unstable();
+    out
+}
+
+/// Per-channel mean and standard deviation of the pixels scaled to [0, 1].
+pub fn channel_stats(d: &Dataset) -> Normalization {
+    let plane = d.height * d.width;
+    let mut sum = vec![0f64; d.channels];
+    let mut sq = vec![0f64; d.channels];
+    for i in 0..d.len() {
+        for (c, px) in d.image(i).chunks_exact(plane).enumerate() {
+            for &p in px {
+                let v = p as f64 / 255.0;
+                sum[c] += v;
+                sq[c] += v * v;
+            }
+        }
+    }
+    let count = (d.len() * plane).max(1) as f64;
+    let mean: Vec<f64> = sum.iter().map(|s| s / count).collect();
+    let std = sq
+        .iter()
+        .zip(&mean)
+        .map(|(s, m)| ((s / count - m * m).max(0.0).sqrt().max(1e-3)) as f32)
+        .collect();
+    Normalization {
+        mean: mean.into_iter().map(|m| m as f32).collect(),
+        std,
+    }
+}
+
+/// Normalized float images `[n, C, H, W]` of a whole data set (validation, evaluation).
+pub fn normalize_all(d: &Dataset, norm: &Normalization) -> Vec<f32> {
+    let plane = d.height * d.width;
+    let mut out = Vec::with_capacity(d.images.len());
+    for i in 0..d.len() {
+        for (c, px) in d.image(i).chunks_exact(plane).enumerate() {
+            let (m, s) = (norm.mean[c], norm.std[c]);
+            out.extend(px.iter().map(|&p| (p as f32 / 255.0 - m) / s));
+        }
+    }
+    out
+}
+
+/// One training batch: normalized images and labels.
+pub struct Batch {
+    pub iteration: usize,
+    pub images: Vec<f32>,
+    pub labels: Vec<u32>,
+}
+
+/// Makes the training batches (deterministically from the seed and iteration).
+#[derive(Clone)]
+pub struct BatchMaker {
+    pub train: Arc<Dataset>,
+    pub norm: Normalization,
+    pub batch_size: usize,
+    pub seed: u64,
+    pub crop: bool,
+    pub pad: usize,
+    pub flip: bool,
+}
+
+impl BatchMaker {
+    pub fn batches_per_epoch(&self) -> usize {
+        (self.train.len() / self.batch_size).max(1)
+    }
+
+    fn epoch_order(&self, epoch: usize) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.train.len()).collect();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(
+            self.seed,
+            2,
+            epoch as u64,
+        )));
+        order
+    }
+
+    fn make(&self, iteration: usize, order: &[usize]) -> Batch {
+        let d = &*self.train;
+        let (c, h, w) = (d.channels, d.height, d.width);
+        let b = iteration % self.batches_per_epoch();
+        let idx = &order[b * self.batch_size..(b + 1) * self.batch_size];
+        let mut rng = ChaCha8Rng::seed_from_u64(mix(self.seed, 3, iteration as u64));
+        let mut images = vec![0f32; idx.len() * c * h * w];
+        let mut labels = Vec::with_capacity(idx.len());
+        for (k, &i) in idx.iter().enumerate() {
+            labels.push(d.labels[i] as u32);
+            let p = self.pad as isize;
+            let (dy, dx) = if self.crop && p > 0 {
+                (rng.gen_range(-p..=p), rng.gen_range(-p..=p))
+            } else {
+                (0, 0)
+            };
+            let flip = self.flip && rng.gen_bool(0.5);
+            let src = d.image(i);
+            let dst = &mut images[k * c * h * w..(k + 1) * c * h * w];
+            for ch in 0..c {
+                let (m, s) = (self.norm.mean[ch], self.norm.std[ch]);
+                let zero = (0.0 - m) / s; // padding is black, as torchvision pads before normalizing
+                for y in 0..h {
+                    let sy = y as isize + dy;
+                    for x in 0..w {
+                        let xx = if flip { w - 1 - x } else { x };
+                        let sx = xx as isize + dx;
+                        dst[ch * h * w + y * w + x] =
+                            if sy < 0 || sx < 0 || sy >= h as isize || sx >= w as isize {
+                                zero
+                            } else {
+                                let p = src[ch * h * w + sy as usize * w + sx as usize];
+                                (p as f32 / 255.0 - m) / s
+                            };
+                    }
+                }
+            }
+        }
+        Batch {
+            iteration,
+            images,
+            labels,
+        }
+    }
+
+    /// The batch of `iteration` (computes the epoch's order; use [`Loader`] in loops).
+    pub fn batch(&self, iteration: usize) -> Batch {
+        let order = self.epoch_order(iteration / self.batches_per_epoch());
+        self.make(iteration, &order)
+    }
+}
+
+/// Batches `start..end`, prepared ahead on a background thread.
+pub struct Loader {
+    rx: Receiver<Batch>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Loader {
+    pub fn spawn(maker: BatchMaker, start: usize, end: usize) -> Loader {
+        let (tx, rx) = sync_channel(3);
+        let handle = std::thread::Builder::new()
+            .name("batch-loader".into())
+            .spawn(move || {
+                let mut cached: Option<(usize, Vec<usize>)> = None;
+                for it in start..end {
+                    let epoch = it / maker.batches_per_epoch();
+                    if cached.as_ref().map(|c| c.0) != Some(epoch) {
+                        cached = Some((epoch, maker.epoch_order(epoch)));
+                    }
+                    let order = &cached.as_ref().expect("cached").1;
+                    if tx.send(maker.make(it, order)).is_err() {
+                        return; // the trainer stopped early
+                    }
+                }
+            })
+            .expect("spawn loader thread");
+        Loader {
+            rx,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn next(&mut self) -> Option<Batch> {
+        self.rx.recv().ok()
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        // Closing the receiver makes the thread's next send fail and return.
+        let (_tx, rx) = sync_channel(0);
+        drop(std::mem::replace(&mut self.rx, rx));
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toy(n: usize) -> Dataset {
+        Dataset {
+            images: (0..n * 3 * 8 * 8).map(|i| (i % 251) as u8).collect(),
+            labels: (0..n).map(|i| (i % 10) as u8).collect(),
+            channels: 3,
+            height: 8,
+            width: 8,
+            class_names: (0..10).map(|i| i.to_string()).collect(),
+            source: "toy".into(),
+        }
+    }
+
+    fn cfg() -> DataConfig {
+        DataConfig {
+            path: "toy".into(),
+            train_size: Some(40),
+            val_size: 20,
+            split_seed: 0,
+            crop: true,
+            pad: 2,
+            flip: true,
+        }
+    }
+
+    #[test]
+    fn split_is_disjoint_balanced_and_seeded() {
+        let s = cfg().split(toy(200)).unwrap();
+        assert_eq!((s.train.len(), s.val.len()), (40, 20));
+        let mut counts = [0; 10];
+        for &l in &s.train.labels {
+            counts[l as usize] += 1;
+        }
+        assert_eq!(counts, [4; 10]);
+        let again = cfg().split(toy(200)).unwrap();
+        assert_eq!(again.val.images, s.val.images);
+        let e = DataConfig {
+            val_size: 200,
+            ..cfg()
+        }
+        .split(toy(200))
+        .err()
+        .unwrap();
+        assert!(e.to_string().contains("leaves no training images"));
+        let e = DataConfig {
+            train_size: Some(500),
+            ..cfg()
+        }
+        .split(toy(200))
+        .err()
+        .unwrap();
+        assert!(e.to_string().contains("train_size 500"));
+    }
+
+    #[test]
+    fn batches_are_a_function_of_the_iteration() {
+        let s = cfg().split(toy(200)).unwrap();
+        let maker = BatchMaker {
+            train: s.train.clone(),
+            norm: s.normalization.clone(),
+            batch_size: 16,
+            seed: 7,
+            crop: true,
+            pad: 2,
+            flip: true,
+        };
+        let mut loader = Loader::spawn(maker.clone(), 3, 9);
+        for it in 3..9 {
+            let b = loader.next().unwrap();
+            let direct = maker.batch(it);
+            assert_eq!(b.iteration, it);
+            assert_eq!(b.images, direct.images);
+            assert_eq!(b.labels, direct.labels);
+        }
+        assert!(loader.next().is_none());
+        assert_ne!(maker.batch(0).images, maker.batch(1).images);
+    }
+
+    #[test]
+    fn normalization_statistics() {
+        let mut d = toy(2);
+        d.images = [vec![0u8; 3 * 64], vec![255u8; 3 * 64]].concat();
+        let n = channel_stats(&d);
+        assert!((n.mean[0] - 0.5).abs() < 1e-6 && (n.std[0] - 0.5).abs() < 1e-6);
+        let x = normalize_all(&d, &n);
+        assert!((x[0] + 1.0).abs() < 1e-6 && (x[x.len() - 1] - 1.0).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,16 @@
+//! `sc-trainer`: train CIFAR ResNets with super-convergence schedules on candle, test the paper's
+//! claims, and export ONNX for `sc-runtime`.
+
+pub mod checkpoint;
+pub mod cli;
+pub mod config;
+pub mod data;
+pub mod device;
+pub mod export;
+pub mod io;
+pub mod optim;
+pub mod schedule;
+pub mod train;
+
+/// This crate's version, recorded in runs and exported models.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

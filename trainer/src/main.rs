@@ -1,0 +1,67 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use sc_trainer::cli::{Cli, Command};
+use sc_trainer::config::default_runs_dir;
+use sc_trainer::train::{fit, read_config, run_dir_for, FitOptions};
+
+fn main() -> ExitCode {
+    // candle asks the OS for the core count on every matmul unless this is set.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Fit(args) => {
+            let opts = FitOptions {
+                resume: args.resume.is_some(),
+                progress: !args.quiet,
+                stop_after: args.stop_after,
+                ..FitOptions::default()
+            };
+            let (cfg, dir) = match &args.resume {
+                Some(dir) => (read_config(dir)?, dir.clone()),
+                None => {
+                    let cfg = args.to_config()?;
+                    let runs = args.runs.clone().unwrap_or_else(default_runs_dir);
+                    let dir = run_dir_for(&runs, args.name.as_deref(), &cfg);
+                    (cfg, dir)
+                }
+            };
+            let s = fit(cfg, &dir, &opts)?;
+            let pct = |v: Option<f64>| v.map_or("-".to_string(), |a| format!("{:.2}%", a * 100.0));
+            println!("run:              {}", dir.display());
+            println!("iterations:       {}", s.iterations);
+            println!(
+                "val accuracy:     {} (best {})",
+                pct(s.final_val_acc),
+                pct(s.best_val_acc)
+            );
+            if s.test_acc.is_some() {
+                println!("test accuracy:    {}", pct(s.test_acc));
+            }
+            println!(
+                "train time:       {:.1} s ({:.0} images/s)",
+                s.train_seconds, s.images_per_second
+            );
+            println!("model:            {}", dir.join("model.onnx").display());
+            Ok(())
+        }
+        Command::Export { run_dir, out } => {
+            let p = sc_trainer::export::export_run(&run_dir, out)?;
+            println!("{}", p.display());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,581 @@
+//! Learning-rate and momentum schedules: pure functions of the iteration.
+//!
+//! Every schedule is a list of knots `(iteration, lr, momentum)` joined by linear or cosine pieces
+//! (fast.ai's phases; cifar10-fast's piecewise-linear interpolation), or a step function. The only
+//! schedule state a checkpoint needs is the iteration.
+
+use serde::{Deserialize, Serialize};
+
+/// How the LR moves between two knots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Anneal {
+    /// Straight line (the paper's triangle).
+    #[default]
+    Linear,
+    /// Half cosine (PyTorch OneCycleLR's and fast.ai's default).
+    Cos,
+}
+
+/// Cyclical momentum, mirrored against the LR: `max` where the LR is lowest, `min` at the LR peak.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CyclicMomentum {
+    /// Momentum at the low-LR ends (1cycle: 0.95).
+    pub max: f64,
+    /// Momentum at the LR peak (1cycle: 0.85).
+    pub min: f64,
+}
+
+/// A schedule, as it appears in a config file (`kind = "one-cycle"`, …).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Schedule {
+    /// One cycle: `min_lr` → `max_lr` at `pct_start`, back down, then optionally annihilated.
+    ///
+    /// - The ICLR paper: linear, `pct_start` 0.5, `cycle_end` 1.0, `final_lr` = `min_lr`
+    ///   (0.1 → 3.0 → 0.1 over 10k iterations), constant momentum.
+    /// - Smith's later 1cycle: the same triangle ending at `cycle_end` 0.9, then down to `final_lr`
+    ///   (a small fraction of `min_lr`) over the rest; cyclical momentum 0.95 → 0.85 → 0.95.
+    /// - PyTorch `OneCycleLR` / fast.ai `fit_one_cycle`: `cycle_end` absent (two phases:
+    ///   `max_lr` straight down to `final_lr`), cosine, `min_lr` = max/div_factor,
+    ///   `final_lr` = min_lr/final_div_factor, `pct_start` 0.25–0.3.
+    OneCycle {
+        /// LR at iteration 0.
+        min_lr: f64,
+        /// LR at the peak.
+        max_lr: f64,
+        /// LR at the last iteration (default: `min_lr`).
+        #[serde(default)]
+        final_lr: Option<f64>,
+        /// Fraction of the run at which the LR peaks (default 0.5).
+        #[serde(default = "half")]
+        pct_start: f64,
+        /// Fraction of the run at which the LR is back at `min_lr`, before annihilation towards
+        /// `final_lr`; absent: no return to `min_lr` (PyTorch's two phases).
+        #[serde(default)]
+        cycle_end: Option<f64>,
+        #[serde(default)]
+        anneal: Anneal,
+        /// Cyclical momentum; absent: the optimizer's constant momentum.
+        #[serde(default)]
+        momentum: Option<CyclicMomentum>,
+    },
+    /// Triangular cyclical LR (Smith 2017): `min_lr` ↔ `max_lr`, each half cycle `step_size` long.
+    Clr {
+        min_lr: f64,
+        max_lr: f64,
+        /// Iterations per half cycle.
+        step_size: usize,
+        #[serde(default)]
+        momentum: Option<CyclicMomentum>,
+    },
+    /// Piecewise constant (multistep): `lr`, multiplied by `gamma` at each milestone.
+    /// The paper's baseline: 0.35, ×0.1 at 50k and 70k of 80k.
+    Piecewise {
+        lr: f64,
+        /// Iterations at which the LR is multiplied by `gamma`, increasing.
+        milestones: Vec<usize>,
+        #[serde(default = "tenth")]
+        gamma: f64,
+    },
+    /// A constant LR.
+    Constant { lr: f64 },
+    /// The LR range test's ramp: `start_lr` → `end_lr` over the run, linear or exponential.
+    Range {
+        start_lr: f64,
+        end_lr: f64,
+        #[serde(default)]
+        exponential: bool,
+    },
+}
+
+fn half() -> f64 {
+    0.5
+}
+fn tenth() -> f64 {
+    0.1
+}
+
+/// The learning rate and, when the schedule sets it, the momentum at one iteration.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Point {
+    pub lr: f64,
+    pub momentum: Option<f64>,
+}
+
+fn interp(anneal: Anneal, start: f64, end: f64, pct: f64) -> f64 {
+    let pct = pct.clamp(0.0, 1.0);
+    match anneal {
+        Anneal::Linear => start + (end - start) * pct,
+        // PyTorch's _annealing_cos.
+        Anneal::Cos => end + (start - end) / 2.0 * ((std::f64::consts::PI * pct).cos() + 1.0),
+    }
+}
+
+/// Piecewise interpolation through knots `(step, value)`, steps increasing.
+fn through(knots: &[(f64, f64)], anneal: Anneal, step: f64) -> f64 {
+    for w in knots.windows(2) {
+        let ((s0, v0), (s1, v1)) = (w[0], w[1]);
+        if step <= s1 {
+            let pct = if s1 > s0 {
+                (step - s0) / (s1 - s0)
+            } else {
+                1.0
+            };
+            return interp(anneal, v0, v1, pct);
+        }
+    }
+    knots.last().map(|k| k.1).unwrap_or(0.0)
+}
+
+impl Schedule {
+    /// The paper's super-convergence cycle: linear `min_lr` → `max_lr` → `min_lr` over the run.
+    pub fn paper_one_cycle(min_lr: f64, max_lr: f64) -> Schedule {
+        Schedule::OneCycle {
+            min_lr,
+            max_lr,
+            final_lr: None,
+            pct_start: 0.5,
+            cycle_end: Some(1.0),
+            anneal: Anneal::Linear,
+            momentum: None,
+        }
+    }
+
+    /// Fills what depends on the run length when left unset: the clr step size (a quarter of the
+    /// run) and the piecewise milestones (50% and 75%).
+    pub fn fill_length_defaults(&mut self, total: usize) {
+        match self {
+            Schedule::Clr { step_size, .. } if *step_size == 0 => *step_size = (total / 4).max(1),
+            Schedule::Piecewise { milestones, .. } if milestones.is_empty() => {
+                *milestones = vec![total / 2, total * 3 / 4];
+                milestones.retain(|&m| m > 0);
+                milestones.dedup();
+            }
+            _ => {}
+        }
+    }
+
+    /// The LR and momentum at `iteration` (0-based) of a run of `total` iterations.
+    pub fn at(&self, iteration: usize, total: usize) -> Point {
+        let it = iteration as f64;
+        let last = total.saturating_sub(1).max(1) as f64;
+        match self {
+            Schedule::OneCycle {
+                min_lr,
+                max_lr,
+                final_lr,
+                pct_start,
+                cycle_end,
+                anneal,
+                momentum,
+            } => {
+                let final_lr = final_lr.unwrap_or(*min_lr);
+                // PyTorch OneCycleLR puts the peak at step pct_start * total - 1 and the end at total - 1.
+                let peak = (pct_start * total as f64 - 1.0).max(0.0);
+                let mut lr_knots = vec![(0.0, *min_lr), (peak, *max_lr)];
+                let mut m_knots = momentum.map(|m| vec![(0.0, m.max), (peak, m.min)]);
+                match cycle_end {
+                    Some(c) if *c < 1.0 => {
+                        let back = (c * total as f64 - 1.0).max(peak);
+                        lr_knots.extend([(back, *min_lr), (last, final_lr)]);
+                        if let (Some(k), Some(m)) = (m_knots.as_mut(), momentum) {
+                            k.extend([(back, m.max), (last, m.max)]);
+                        }
+                    }
+                    Some(_) => {
+                        // Back to min at the end; a distinct final_lr is reached at the last step.
+                        lr_knots.push((last, final_lr));
+                        if let (Some(k), Some(m)) = (m_knots.as_mut(), momentum) {
+                            k.push((last, m.max));
+                        }
+                    }
+                    None => {
+                        lr_knots.push((last, final_lr));
+                        if let (Some(k), Some(m)) = (m_knots.as_mut(), momentum) {
+                            k.push((last, m.max));
+                        }
+                    }
+                }
+                Point {
+                    lr: through(&lr_knots, *anneal, it),
+                    momentum: m_knots.map(|k| through(&k, *anneal, it)),
+                }
+            }
+            Schedule::Clr {
+                min_lr,
+                max_lr,
+                step_size,
+                momentum,
+            } => {
+                let s = (*step_size).max(1) as f64;
+                let cycle = (1.0 + it / (2.0 * s)).floor();
+                let x = (it / s - 2.0 * cycle + 1.0).abs();
+                let f = (1.0 - x).max(0.0);
+                Point {
+                    lr: min_lr + (max_lr - min_lr) * f,
+                    momentum: momentum.map(|m| m.max - (m.max - m.min) * f),
+                }
+            }
+            Schedule::Piecewise {
+                lr,
+                milestones,
+                gamma,
+            } => {
+                let k = milestones.iter().filter(|&&m| iteration >= m).count();
+                Point {
+                    lr: lr * gamma.powi(k as i32),
+                    momentum: None,
+                }
+            }
+            Schedule::Constant { lr } => Point {
+                lr: *lr,
+                momentum: None,
+            },
+            Schedule::Range {
+                start_lr,
+                end_lr,
+                exponential,
+            } => {
+                let pct = (it / last).clamp(0.0, 1.0);
+                let lr = if *exponential {
+                    start_lr * (end_lr / start_lr).powf(pct)
+                } else {
+                    start_lr + (end_lr - start_lr) * pct
+                };
+                Point { lr, momentum: None }
+            }
+        }
+    }
+
+    /// Checks the schedule against a run of `total` iterations; the message says what is wrong.
+    pub fn validate(&self, total: usize) -> Result<(), String> {
+        let pos = |name: &str, v: f64| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(())
+            } else {
+                Err(format!("{name} must be a finite number >= 0, got {v}"))
+            }
+        };
+        let mom = |m: &Option<CyclicMomentum>| match m {
+            Some(m) if !(0.0..1.0).contains(&m.min) || !(0.0..1.0).contains(&m.max) => {
+                Err(format!(
+                    "cyclic momentum must lie in [0, 1), got {}..{}",
+                    m.min, m.max
+                ))
+            }
+            Some(m) if m.min > m.max => Err(format!(
+                "cyclic momentum: min {} is above max {}",
+                m.min, m.max
+            )),
+            _ => Ok(()),
+        };
+        match self {
+            Schedule::OneCycle {
+                min_lr,
+                max_lr,
+                final_lr,
+                pct_start,
+                cycle_end,
+                momentum,
+                ..
+            } => {
+                pos("min_lr", *min_lr)?;
+                pos("max_lr", *max_lr)?;
+                if let Some(f) = final_lr {
+                    pos("final_lr", *f)?;
+                }
+                if max_lr < min_lr {
+                    return Err(format!("max_lr {max_lr} is below min_lr {min_lr}"));
+                }
+                if !(*pct_start > 0.0 && *pct_start < 1.0) {
+                    return Err(format!("pct_start must be in (0, 1), got {pct_start}"));
+                }
+                if let Some(c) = cycle_end {
+                    if !(*c > *pct_start && *c <= 1.0) {
+                        return Err(format!(
+                            "cycle_end must be in (pct_start, 1] = ({pct_start}, 1], got {c}"
+                        ));
+                    }
+                }
+                mom(momentum)
+            }
+            Schedule::Clr {
+                min_lr,
+                max_lr,
+                step_size,
+                momentum,
+            } => {
+                pos("min_lr", *min_lr)?;
+                pos("max_lr", *max_lr)?;
+                if max_lr < min_lr {
+                    return Err(format!("max_lr {max_lr} is below min_lr {min_lr}"));
+                }
+                if *step_size == 0 {
+                    return Err("step_size must be at least 1".into());
+                }
+                if *step_size > total {
+                    return Err(format!(
+                        "step_size {step_size} is longer than the run ({total} iterations)"
+                    ));
+                }
+                mom(momentum)
+            }
+            Schedule::Piecewise {
+                lr,
+                milestones,
+                gamma,
+            } => {
+                pos("lr", *lr)?;
+                pos("gamma", *gamma)?;
+                if milestones.windows(2).any(|w| w[0] >= w[1]) {
+                    return Err(format!("milestones must increase: {milestones:?}"));
+                }
+                if let Some(m) = milestones.iter().find(|&&m| m >= total) {
+                    return Err(format!(
+                        "milestone {m} is beyond the run ({total} iterations)"
+                    ));
+                }
+                Ok(())
+            }
+            Schedule::Constant { lr } => pos("lr", *lr),
+            Schedule::Range {
+                start_lr,
+                end_lr,
+                exponential,
+            } => {
+                pos("start_lr", *start_lr)?;
+                pos("end_lr", *end_lr)?;
+                if end_lr <= start_lr {
+                    return Err(format!("end_lr {end_lr} must be above start_lr {start_lr}"));
+                }
+                if *exponential && *start_lr <= 0.0 {
+                    return Err("an exponential range needs start_lr > 0".into());
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A one-line description for logs and reports.
+    pub fn describe(&self) -> String {
+        match self {
+            Schedule::OneCycle {
+                min_lr,
+                max_lr,
+                final_lr,
+                pct_start,
+                cycle_end,
+                anneal,
+                momentum,
+            } => {
+                let mut s = format!(
+                    "one-cycle {min_lr}→{max_lr}→{} ({anneal:?}, peak at {:.0}%",
+                    final_lr.unwrap_or(*min_lr),
+                    pct_start * 100.0
+                );
+                if let Some(c) = cycle_end {
+                    if *c < 1.0 {
+                        s += &format!(", back to {min_lr} at {:.0}% then annihilated", c * 100.0);
+                    }
+                }
+                if let Some(m) = momentum {
+                    s += &format!(", momentum {}↔{}", m.max, m.min);
+                }
+                s + ")"
+            }
+            Schedule::Clr {
+                min_lr,
+                max_lr,
+                step_size,
+                ..
+            } => format!("clr {min_lr}↔{max_lr}, step size {step_size}"),
+            Schedule::Piecewise {
+                lr,
+                milestones,
+                gamma,
+            } => format!("piecewise {lr}, ×{gamma} at {milestones:?}"),
+            Schedule::Constant { lr } => format!("constant {lr}"),
+            Schedule::Range {
+                start_lr,
+                end_lr,
+                exponential,
+            } => format!(
+                "{} range {start_lr}→{end_lr}",
+                if *exponential {
+                    "exponential"
+                } else {
+                    "linear"
+                }
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() <= 1e-9 * (1.0 + b.abs())
+    }
+
+    /// PyTorch's OneCycleLR (three_phase=False), written out from its documented formulas.
+    fn pytorch_one_cycle(
+        step: usize,
+        total: usize,
+        max_lr: f64,
+        pct: f64,
+        div: f64,
+        fdiv: f64,
+        cos: bool,
+    ) -> (f64, f64) {
+        let initial = max_lr / div;
+        let min = initial / fdiv;
+        let (m_max, m_base) = (0.95, 0.85);
+        let p1_end = pct * total as f64 - 1.0;
+        let p2_end = total as f64 - 1.0;
+        let ann = |s: f64, e: f64, p: f64| {
+            if cos {
+                e + (s - e) / 2.0 * ((std::f64::consts::PI * p).cos() + 1.0)
+            } else {
+                (e - s) * p + s
+            }
+        };
+        let st = step as f64;
+        if st <= p1_end {
+            let p = st / p1_end;
+            (ann(initial, max_lr, p), ann(m_max, m_base, p))
+        } else {
+            let p = (st - p1_end) / (p2_end - p1_end);
+            (ann(max_lr, min, p), ann(m_base, m_max, p))
+        }
+    }
+
+    #[test]
+    fn one_cycle_matches_pytorch_formulas() {
+        for &(total, pct, cos) in &[(1000, 0.3, true), (3510, 0.25, true), (200, 0.5, false)] {
+            let max_lr = 0.8;
+            let s = Schedule::OneCycle {
+                min_lr: max_lr / 25.0,
+                max_lr,
+                final_lr: Some(max_lr / 25.0 / 1e4),
+                pct_start: pct,
+                cycle_end: None,
+                anneal: if cos { Anneal::Cos } else { Anneal::Linear },
+                momentum: Some(CyclicMomentum {
+                    max: 0.95,
+                    min: 0.85,
+                }),
+            };
+            for step in [
+                0,
+                1,
+                7,
+                total / 4,
+                total / 3,
+                total / 2,
+                total - 2,
+                total - 1,
+            ] {
+                let (lr, m) = pytorch_one_cycle(step, total, max_lr, pct, 25.0, 1e4, cos);
+                let p = s.at(step, total);
+                assert!(close(p.lr, lr), "step {step}/{total}: {} vs {lr}", p.lr);
+                assert!(close(p.momentum.unwrap(), m), "step {step}: momentum");
+            }
+        }
+    }
+
+    #[test]
+    fn paper_triangle() {
+        let s = Schedule::paper_one_cycle(0.1, 3.0);
+        s.validate(10_000).unwrap();
+        assert!(close(s.at(0, 10_000).lr, 0.1));
+        assert!(close(s.at(4_999, 10_000).lr, 3.0));
+        assert!(close(s.at(9_999, 10_000).lr, 0.1));
+        // Linear and symmetric.
+        let a = s.at(2_000, 10_000).lr;
+        let b = s.at(7_998, 10_000).lr;
+        assert!((a - b).abs() < 1e-3, "{a} vs {b}");
+        assert_eq!(s.at(100, 10_000).momentum, None);
+    }
+
+    #[test]
+    fn one_cycle_with_annihilation() {
+        let s = Schedule::OneCycle {
+            min_lr: 0.1,
+            max_lr: 1.0,
+            final_lr: Some(0.001),
+            pct_start: 0.45,
+            cycle_end: Some(0.9),
+            anneal: Anneal::Linear,
+            momentum: Some(CyclicMomentum {
+                max: 0.95,
+                min: 0.85,
+            }),
+        };
+        s.validate(1000).unwrap();
+        assert!(close(s.at(449, 1000).lr, 1.0));
+        assert!(close(s.at(449, 1000).momentum.unwrap(), 0.85));
+        assert!(close(s.at(899, 1000).lr, 0.1));
+        assert!(close(s.at(950, 1000).momentum.unwrap(), 0.95));
+        assert!(close(s.at(999, 1000).lr, 0.001));
+        assert!(s.at(950, 1000).lr < 0.1 && s.at(950, 1000).lr > 0.001);
+    }
+
+    #[test]
+    fn clr_piecewise_constant_range() {
+        let s = Schedule::Clr {
+            min_lr: 0.1,
+            max_lr: 1.0,
+            step_size: 100,
+            momentum: None,
+        };
+        assert!(close(s.at(0, 1000).lr, 0.1));
+        assert!(close(s.at(100, 1000).lr, 1.0));
+        assert!(close(s.at(200, 1000).lr, 0.1));
+        assert!(close(s.at(250, 1000).lr, 0.55));
+        let p = Schedule::Piecewise {
+            lr: 0.35,
+            milestones: vec![50_000, 70_000],
+            gamma: 0.1,
+        };
+        p.validate(80_000).unwrap();
+        assert!(close(p.at(49_999, 80_000).lr, 0.35));
+        assert!(close(p.at(50_000, 80_000).lr, 0.035));
+        assert!(close(p.at(79_999, 80_000).lr, 0.0035));
+        assert!(close(Schedule::Constant { lr: 0.2 }.at(5, 10).lr, 0.2));
+        let r = Schedule::Range {
+            start_lr: 1e-4,
+            end_lr: 10.0,
+            exponential: true,
+        };
+        assert!(close(r.at(0, 101).lr, 1e-4));
+        assert!(close(r.at(50, 101).lr, 1e-4 * 1e5f64.sqrt()));
+        assert!(close(r.at(100, 101).lr, 10.0));
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let s = Schedule::paper_one_cycle(3.0, 0.1);
+        assert!(s.validate(100).unwrap_err().contains("below min_lr"));
+        let c = Schedule::Clr {
+            min_lr: 0.1,
+            max_lr: 1.0,
+            step_size: 500,
+            momentum: None,
+        };
+        assert!(c.validate(100).unwrap_err().contains("longer than the run"));
+        let p = Schedule::Piecewise {
+            lr: 0.1,
+            milestones: vec![50, 200],
+            gamma: 0.1,
+        };
+        assert!(p.validate(100).unwrap_err().contains("beyond the run"));
+        let toml_err = toml::from_str::<Schedule>("kind = \"constant\"\nlr = 0.1\nbogus = 1")
+            .unwrap_err()
+            .to_string();
+        assert!(toml_err.contains("bogus"), "{toml_err}");
+    }
+}

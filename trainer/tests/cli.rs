@@ -1,0 +1,210 @@
+//! Bad input to the `sc-trainer` binary: a non-zero exit, a message naming the file or option and
+//! the problem, and never a panic.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+fn run(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sc-trainer"))
+        .args(args)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!err.contains("panicked at"), "panic: {err}");
+    (out.status.code().unwrap_or(-1), err)
+}
+
+fn expect_error(args: &[&str], needles: &[&str]) {
+    let (code, err) = run(args);
+    assert_ne!(code, 0, "expected failure for {args:?}");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: '{n}' not in: {err}");
+    }
+}
+
+#[test]
+fn missing_and_broken_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let runs = runs.to_str().unwrap();
+    expect_error(
+        &[
+            "fit",
+            "--data",
+            "/no/such/dir",
+            "--runs",
+            runs,
+            "--iterations",
+            "2",
+        ],
+        &["/no/such/dir"],
+    );
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    expect_error(
+        &[
+            "fit",
+            "--data",
+            empty.to_str().unwrap(),
+            "--runs",
+            runs,
+            "--iterations",
+            "2",
+        ],
+        &["no data set found"],
+    );
+    let bad = tmp.path().join("bad");
+    std::fs::create_dir(&bad).unwrap();
+    std::fs::write(bad.join("data_batch_1.bin"), vec![0u8; 3073 * 2 + 100]).unwrap();
+    expect_error(
+        &[
+            "fit",
+            "--data",
+            bad.to_str().unwrap(),
+            "--runs",
+            runs,
+            "--iterations",
+            "2",
+        ],
+        &["data_batch_1.bin", "not a multiple"],
+    );
+    let mut rec = vec![0u8; 3073];
+    rec[0] = 12;
+    std::fs::write(bad.join("data_batch_1.bin"), &rec).unwrap();
+    expect_error(
+        &[
+            "fit",
+            "--data",
+            bad.to_str().unwrap(),
+            "--runs",
+            runs,
+            "--iterations",
+            "2",
+        ],
+        &["label 12 is out of range"],
+    );
+    expect_error(&["fit", "--runs", runs, "--iterations", "2"], &["--data"]);
+}
+
+fn with<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+    [base, extra].concat()
+}
+
+#[test]
+fn invalid_settings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("d");
+    std::fs::create_dir(&data).unwrap();
+    common::make_idx(&data, 100, 12, 4, 0);
+    let d = data.to_str().unwrap();
+    let runs = tmp.path().join("runs");
+    let r = runs.to_str().unwrap();
+    let base = ["fit", "--data", d, "--runs", r, "--val-size", "20"];
+    expect_error(
+        &with(
+            &base,
+            &["--iterations", "5", "--min-lr", "3", "--max-lr", "0.1"],
+        ),
+        &["below min_lr"],
+    );
+    expect_error(
+        &with(&base, &["--iterations", "5", "--batch-size", "500"]),
+        &["batch_size 500", "larger than the training split"],
+    );
+    expect_error(
+        &with(&base, &["--iterations", "5", "--batch-size", "0"]),
+        &["batch_size"],
+    );
+    expect_error(&with(&base, &["--iterations", "0"]), &["iterations"]);
+    expect_error(
+        &with(
+            &base,
+            &[
+                "--iterations",
+                "5",
+                "--schedule",
+                "clr",
+                "--step-size",
+                "50",
+            ],
+        ),
+        &["longer than the run"],
+    );
+    expect_error(
+        &with(
+            &base,
+            &[
+                "--iterations",
+                "5",
+                "--schedule",
+                "piecewise",
+                "--milestones",
+                "3,80",
+            ],
+        ),
+        &["beyond the run"],
+    );
+    expect_error(
+        &with(&base, &["--iterations", "5", "--model", "resnet21"]),
+        &["6n + 2"],
+    );
+    expect_error(
+        &[
+            "fit",
+            "--data",
+            d,
+            "--runs",
+            r,
+            "--iterations",
+            "5",
+            "--val-size",
+            "100",
+        ],
+        &["leaves no training images"],
+    );
+    expect_error(
+        &with(&base, &["--iterations", "5", "--device", "cuda"]),
+        &["without CUDA support"],
+    );
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(&cfg, "batch_size = 8\niterations = 3\nbogus_key = 1\n[model]\nname='resnet8'\n[data]\npath='x'\n[schedule]\nkind='constant'\nlr=0.1\n").unwrap();
+    expect_error(
+        &["fit", "--config", cfg.to_str().unwrap(), "--runs", r],
+        &["c.toml", "bogus_key"],
+    );
+    expect_error(&["fit", "--config", "/no/such.toml"], &["/no/such.toml"]);
+}
+
+#[test]
+fn export_needs_a_run_with_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    expect_error(&["export", tmp.path().to_str().unwrap()], &["config.json"]);
+}
+
+#[test]
+fn unwritable_output_is_detected_before_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("d");
+    std::fs::create_dir(&data).unwrap();
+    common::make_idx(&data, 100, 12, 4, 0);
+    // A file where the runs directory should be.
+    let blocker = tmp.path().join("runs");
+    std::fs::write(&blocker, b"x").unwrap();
+    expect_error(
+        &[
+            "fit",
+            "--data",
+            data.to_str().unwrap(),
+            "--runs",
+            blocker.to_str().unwrap(),
+            "--iterations",
+            "2",
+            "--val-size",
+            "20",
+        ],
+        &["cannot create the output directory"],
+    );
+    let _ = Path::new("");
+}
