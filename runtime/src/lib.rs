@@ -1,1 +1,32 @@
+//! `sc-runtime`: run super-convergence image classifiers (ONNX) on the CPU with tract, no candle.
+//!
+//! ```no_run
+//! let clf = sc_runtime::Classifier::load("model.onnx")?;
+//! let img = sc_runtime::load_image("cat.png".as_ref())?;
+//! for p in clf.classify(&img, 3)? {
+//!     println!("{} {:.3}", p.class, p.probability);
+//! }
+//! # Ok::<(), sc_runtime::RuntimeError>(())
+//! ```
+
+pub mod bench;
+mod classifier;
+mod contract;
 pub mod data;
+mod engine;
+mod error;
+mod evaluate;
+pub mod metadata;
+mod model_file;
+mod preprocess;
+mod runner;
+
+pub use classifier::{default_threads, softmax, Classifier, Prediction, DEFAULT_CHUNK};
+pub use data::{Dataset, Split};
+pub use error::{BoxError, Result, RuntimeError};
+pub use evaluate::{ClassAccuracy, Evaluation};
+pub use metadata::{InputSpec, ModelMetadata, Normalization};
+pub use model_file::{Dim, ModelInfo, TensorInfo};
+pub use preprocess::{
+    decode_image, load_image, InputDescription, Preprocessing, MAX_IMAGE_ALLOC, MAX_IMAGE_SIDE,
+};

@@ -27,6 +27,11 @@ pub struct Cli {
 pub enum Command {
     /// Train a model; writes runs/NAME/ (config, metrics, checkpoints, summary, model.onnx).
     Fit(FitArgs),
+    /// The LR range test: one short run with the LR rising over a range; suggests one-cycle bounds.
+    LrFind(LrFindArgs),
+    /// Test one of the paper's claims: sc-vs-pc (1, 2), train-size (3), depth (4), step-size (5),
+    /// lr-range, or all; writes report.md / report.json / plots.
+    Reproduce(ReproduceArgs),
     /// Export a run's weights to ONNX (input `image` [N,C,H,W] in [0,1], output `logits`).
     Export {
         /// The run directory (runs/NAME).
@@ -35,6 +40,193 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LrFindArgs {
+    /// A config to start from (model, data, optimizer); its schedule is replaced by the range.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Iterations of the test (the paper: 20000 at batch 1000; a few hundred suffice on a CPU).
+    #[arg(long, default_value_t = 400)]
+    pub iterations: usize,
+    /// First LR of the range [default: 0.001 linear, 1e-5 exponential].
+    #[arg(long)]
+    pub start_lr: Option<f64>,
+    /// Last LR of the range (the paper: 3.0) [default: 3.0 linear, 10 exponential].
+    #[arg(long)]
+    pub end_lr: Option<f64>,
+    /// linear (the paper's test, read by validation accuracy) or exponential (fast.ai /
+    /// pytorch-lr-finder, read by the smoothed loss, stops early on divergence).
+    #[arg(long, value_enum, default_value_t = RangeMode::Linear)]
+    pub mode: RangeMode,
+    /// Validation images used for each accuracy point.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub val_subset: usize,
+    /// Accuracy points: validate every N iterations [default: iterations / 25].
+    #[arg(long, value_name = "N")]
+    pub eval_every: Option<usize>,
+    /// Stop when the smoothed loss exceeds this multiple of its minimum [default: 4 exponential, off linear].
+    #[arg(long)]
+    pub stop_factor: Option<f64>,
+    /// SGD momentum [default: 0.9].
+    #[arg(long)]
+    pub momentum: Option<f64>,
+    /// Weight decay [default: 1e-4].
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Random-crop padding in pixels [default: 4].
+    #[arg(long)]
+    pub pad: Option<usize>,
+    /// Run name [default: lr-find-MODEL-MODE-sSEED].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Directory of runs [default: runs].
+    #[arg(long, value_name = "DIR")]
+    pub runs: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ReproduceArgs {
+    /// sc-vs-pc, train-size, depth, step-size, lr-range, or all.
+    pub experiment: String,
+    /// Training data (CIFAR-10 binary directory, e.g. ../shared/data/cifar-10-batches-bin).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// paper (the paper's settings, for a GPU), cpu (shrunk for a 2-core machine; budgets in the
+    /// report), or tiny (a smoke test).
+    #[arg(long, default_value = "cpu")]
+    pub scale: String,
+    /// Seeds per setting (more where differences are small).
+    #[arg(long, default_value_t = 1)]
+    pub seeds: u64,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Directory of the runs, shared by all experiments [default: runs/reproduce].
+    #[arg(long, value_name = "DIR")]
+    pub runs: Option<PathBuf>,
+    /// Report directory [default: reports/EXPERIMENT-SCALE].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// List the runs and whether they are done, without training.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl ReproduceArgs {
+    pub fn plans(&self) -> anyhow::Result<Vec<crate::reproduce::ReproducePlan>> {
+        let names: Vec<String> = if self.experiment == "all" {
+            crate::reproduce::PRESETS
+                .iter()
+                .map(|p| p.0.to_string())
+                .collect()
+        } else {
+            crate::reproduce::load(&self.experiment)?;
+            vec![self.experiment.clone()]
+        };
+        crate::device::parse(&self.device)?;
+        Ok(names
+            .into_iter()
+            .map(|e| crate::reproduce::ReproducePlan {
+                out: self
+                    .out
+                    .clone()
+                    .map(|o| {
+                        if self.experiment == "all" {
+                            o.join(&e)
+                        } else {
+                            o
+                        }
+                    })
+                    .unwrap_or_else(|| {
+                        PathBuf::from("reports").join(format!("{e}-{}", self.scale))
+                    }),
+                experiment: e,
+                scale: self.scale.clone(),
+                data: self.data.clone(),
+                seeds: self.seeds,
+                device: self.device.clone(),
+                runs_root: self
+                    .runs
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("runs/reproduce")),
+                progress: !self.quiet,
+                dry_run: self.dry_run,
+            })
+            .collect())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RangeMode {
+    Linear,
+    Exponential,
+}
+
+impl LrFindArgs {
+    pub fn to_plan(&self) -> anyhow::Result<crate::lrfind::LrFindPlan> {
+        let mut c = match &self.config {
+            Some(p) => TrainConfig::from_file(p)?,
+            None => default_config(),
+        };
+        self.common.apply(&mut c);
+        if c.data.path.as_os_str().is_empty() {
+            bail!("no training data: give --data DIR");
+        }
+        let exp = self.mode == RangeMode::Exponential;
+        let start = self.start_lr.unwrap_or(if exp { 1e-5 } else { 1e-3 });
+        let end = self.end_lr.unwrap_or(if exp { 10.0 } else { 3.0 });
+        c.iterations = Some(self.iterations);
+        c.epochs = None;
+        c.eval_every = self.eval_every.unwrap_or((self.iterations / 25).max(1));
+        c.checkpoint_every = self.iterations;
+        c.schedule = Schedule::Range {
+            start_lr: start,
+            end_lr: end,
+            exponential: exp,
+        };
+        if let Some(m) = self.momentum {
+            c.optimizer.momentum = m;
+        }
+        if let Some(w) = self.weight_decay {
+            c.optimizer.weight_decay = w;
+        }
+        if let Some(p) = self.pad {
+            c.data.pad = p;
+        }
+        c.validate()?;
+        let runs = self
+            .runs
+            .clone()
+            .unwrap_or_else(crate::config::default_runs_dir);
+        let name = self.name.clone().unwrap_or_else(|| {
+            format!(
+                "lr-find-{}-{}-s{}",
+                c.model.name,
+                if exp { "exp" } else { "linear" },
+                c.seed
+            )
+        });
+        Ok(crate::lrfind::LrFindPlan {
+            config: c,
+            start_lr: start,
+            end_lr: end,
+            exponential: exp,
+            val_subset: self.val_subset,
+            stop_factor: self.stop_factor.or(if exp { Some(4.0) } else { None }),
+            out_dir: runs.join(name),
+            progress: !self.quiet,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -8,7 +8,10 @@ pub mod data;
 pub mod device;
 pub mod export;
 pub mod io;
+pub mod lrfind;
 pub mod optim;
+pub mod plot;
+pub mod reproduce;
 pub mod schedule;
 pub mod train;
 

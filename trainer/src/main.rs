@@ -58,6 +58,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("model:            {}", dir.join("model.onnx").display());
             Ok(())
         }
+        Command::LrFind(args) => {
+            let plan = args.to_plan()?;
+            let report = sc_trainer::lrfind::run(&plan)?;
+            print!("{}", sc_trainer::lrfind::describe(&report));
+            println!("curve:  {}", plan.out_dir.join("lr_find.csv").display());
+            println!("plot:   {}", plan.out_dir.join("lr_find.png").display());
+            Ok(())
+        }
+        Command::Reproduce(args) => {
+            for plan in args.plans()? {
+                if let Some(report) = sc_trainer::reproduce::reproduce(&plan)? {
+                    println!(
+                        "{} ({} scale): {}",
+                        report.title,
+                        report.scale,
+                        plan.out.join("report.md").display()
+                    );
+                    for v in &report.verdicts {
+                        println!("  claim {}: {} — {}", v.claim, v.verdict, v.detail);
+                    }
+                }
+            }
+            Ok(())
+        }
         Command::Export { run_dir, out } => {
             let p = sc_trainer::export::export_run(&run_dir, out)?;
             println!("{}", p.display());

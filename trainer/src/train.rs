@@ -81,6 +81,9 @@ pub struct FitOptions {
     /// Stop (after checkpointing) once this many iterations are done, as if interrupted:
     /// for bounded sessions and for testing resumption.
     pub stop_after: Option<usize>,
+    /// End the run (as diverged) when the smoothed training loss exceeds this multiple of its
+    /// minimum — the LR range test's early stop (fast.ai uses 4).
+    pub divergence_factor: Option<f64>,
 }
 
 impl Default for FitOptions {
@@ -93,6 +96,7 @@ impl Default for FitOptions {
             export: true,
             command: std::env::args().collect(),
             stop_after: None,
+            divergence_factor: None,
         }
     }
 }
@@ -342,6 +346,7 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
     let mut outcome = Outcome::Finished;
     let mut message = None;
     let start_iter = state.iteration;
+    let (mut ema, mut ema_min) = (0f64, f64::INFINITY);
 
     while state.iteration < total {
         let it = state.iteration;
@@ -372,6 +377,25 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
             )?;
             message = Some(m);
             break;
+        }
+        if let Some(factor) = opts.divergence_factor {
+            // Bias-corrected exponential moving average of the loss (beta 0.98, as fast.ai).
+            ema = 0.98 * ema + 0.02 * loss;
+            let smoothed = ema / (1.0 - 0.98f64.powi((it - start_iter + 1) as i32));
+            ema_min = ema_min.min(smoothed);
+            if it > start_iter + 10 && smoothed > factor * ema_min {
+                outcome = Outcome::Diverged;
+                message = Some(format!(
+                    "the smoothed loss {smoothed:.3} exceeded {factor} x its minimum {ema_min:.3} at iteration {} (learning rate {:.4})",
+                    it + 1,
+                    point.lr
+                ));
+                append_metrics(
+                    &mut metrics,
+                    json!({"iter": it + 1, "lr": point.lr, "loss": loss, "diverged": true}),
+                )?;
+                break;
+            }
         }
         let correct = count_correct(&logits, &y)?;
         let grads = loss_t.backward()?;

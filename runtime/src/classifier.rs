@@ -1,0 +1,272 @@
+//! [`Classifier`]: a loaded ONNX image classifier that apps embed. Load once, share between threads.
+
+use std::path::{Path, PathBuf};
+
+use image::DynamicImage;
+use serde::Serialize;
+
+use crate::contract::Describe;
+use crate::engine::Engine;
+use crate::error::{Result, RuntimeError};
+use crate::metadata::ModelMetadata;
+use crate::model_file::{self, ModelInfo};
+use crate::preprocess::{InputDescription, Preprocessing, Transform};
+use crate::runner::{self, Parallelism};
+
+/// Images per tract run when many images are classified: batch 1 on a fixed shape is tract's
+/// fastest path per image (see docs/PERFORMANCE.md).
+pub const DEFAULT_CHUNK: usize = 1;
+
+/// One class and its softmax probability.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Prediction {
+    /// Index into the model's classes (the logit index).
+    pub index: usize,
+    pub class: String,
+    pub probability: f32,
+}
+
+/// A loaded image classifier. `Send + Sync`: one instance serves many threads.
+pub struct Classifier {
+    info: ModelInfo,
+    metadata: Option<ModelMetadata>,
+    classes: Vec<String>,
+    pub(crate) transform: Transform,
+    pub(crate) engine: Engine,
+    par: Parallelism,
+}
+
+impl Classifier {
+    /// Loads one of our models (with `sc.*` metadata) from an ONNX file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Classifier> {
+        Self::load_file(path.as_ref(), Describe::Ours)
+    }
+
+    /// Loads a foreign model (no `sc.*` metadata) with the caller's preprocessing.
+    pub fn load_with(path: impl AsRef<Path>, pre: Preprocessing) -> Result<Classifier> {
+        Self::load_file(path.as_ref(), Describe::Given(pre))
+    }
+
+    /// Loads any model with one float `[N, C, H, W]` input, for speed measurements and raw logits:
+    /// our metadata when present, else the graph's fixed C, H, W, pixels in [0, 1] with no
+    /// normalization and classes named by index. To classify images with a foreign model, give its
+    /// preprocessing with [`Classifier::load_with`] instead.
+    pub fn load_raw(path: impl AsRef<Path>) -> Result<Classifier> {
+        Self::load_file(path.as_ref(), Describe::Raw)
+    }
+
+    /// Loads one of our models from ONNX bytes held in memory (`name` labels errors).
+    pub fn from_bytes(bytes: &[u8], name: &str) -> Result<Classifier> {
+        Self::build(Path::new(name), bytes, None, Describe::Ours)
+    }
+
+    /// Loads a foreign model from memory with the caller's preprocessing.
+    pub fn from_bytes_with(bytes: &[u8], name: &str, pre: Preprocessing) -> Result<Classifier> {
+        Self::build(Path::new(name), bytes, None, Describe::Given(pre))
+    }
+
+    fn load_file(path: &Path, describe: Describe) -> Result<Classifier> {
+        let bytes = model_file::read_bytes(path)?;
+        let dir = path.parent().and_then(Path::to_str);
+        Self::build(path, &bytes, dir, describe)
+    }
+
+    fn build(
+        path: &Path,
+        bytes: &[u8],
+        dir: Option<&str>,
+        describe: Describe,
+    ) -> Result<Classifier> {
+        let proto = model_file::decode(path, bytes)?;
+        let info = ModelInfo::from_proto(path, &proto);
+        let metadata = ModelMetadata::from_props(path, &info.metadata)?;
+        let mut resolved = crate::contract::resolve(&info, metadata.as_ref(), &describe)?;
+        let i = &resolved.input;
+        let chw = [i.channels, i.height, i.width];
+        let engine = Engine::new(path, &proto, dir, chw, resolved.fixed_batch)?;
+        if resolved.classes.is_empty() {
+            resolved.classes = (0..engine.classes()).map(|i| i.to_string()).collect();
+        }
+        if engine.classes() != resolved.classes.len() {
+            let problem = format!(
+                "{} class names for a graph output of {} logits",
+                resolved.classes.len(),
+                engine.classes()
+            );
+            return Err(match metadata {
+                Some(_) => RuntimeError::Metadata {
+                    path: path.to_path_buf(),
+                    key: "sc.classes".into(),
+                    problem,
+                },
+                None => RuntimeError::Preprocessing {
+                    path: path.to_path_buf(),
+                    problem,
+                },
+            });
+        }
+        Ok(Classifier {
+            info,
+            metadata,
+            classes: resolved.classes,
+            transform: Transform::new(resolved.input),
+            engine,
+            par: Parallelism {
+                threads: default_threads(),
+                chunk: DEFAULT_CHUNK,
+            },
+        })
+    }
+
+    /// Worker threads for batches and evaluation (default: the machine's available cores).
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.par.threads = threads.max(1);
+        self
+    }
+
+    /// Images per tract run (a fixed-shape plan is built per size used; default [`DEFAULT_CHUNK`]).
+    /// Ignored when the graph itself fixes the batch size.
+    pub fn with_chunk(mut self, chunk: usize) -> Self {
+        self.par.chunk = chunk.max(1);
+        self
+    }
+
+    pub fn threads(&self) -> usize {
+        self.par.threads
+    }
+    pub fn chunk(&self) -> usize {
+        self.engine.fixed_batch().unwrap_or(self.par.chunk)
+    }
+    pub(crate) fn parallelism(&self) -> Parallelism {
+        self.par
+    }
+
+    /// Class names in logit order.
+    pub fn classes(&self) -> &[String] {
+        &self.classes
+    }
+    /// The input the model takes and what the runtime does to pixels to make it.
+    pub fn input(&self) -> &InputDescription {
+        &self.transform.desc
+    }
+    /// Our `sc.*` metadata; `None` for a foreign model.
+    pub fn metadata(&self) -> Option<&ModelMetadata> {
+        self.metadata.as_ref()
+    }
+    /// Inputs, outputs, all metadata and op counts of the file.
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+    /// The model's file (or the name given to `from_bytes`).
+    pub fn path(&self) -> &Path {
+        &self.info.path
+    }
+
+    /// The `top_k` most probable classes of one image, most probable first.
+    pub fn classify(&self, image: &DynamicImage, top_k: usize) -> Result<Vec<Prediction>> {
+        Ok(self.top_k(&self.probabilities(image)?, top_k))
+    }
+
+    /// Softmax probabilities of every class for one image.
+    pub fn probabilities(&self, image: &DynamicImage) -> Result<Vec<f32>> {
+        let logits = self.logits(std::slice::from_ref(image))?;
+        Ok(softmax(&logits[0]))
+    }
+
+    /// `classify` for many images, run over the worker threads.
+    pub fn classify_batch(
+        &self,
+        images: &[DynamicImage],
+        top_k: usize,
+    ) -> Result<Vec<Vec<Prediction>>> {
+        let logits = self.logits(images)?;
+        Ok(logits
+            .iter()
+            .map(|l| self.top_k(&softmax(l), top_k))
+            .collect())
+    }
+
+    /// Raw logits for each image.
+    pub fn logits(&self, images: &[DynamicImage]) -> Result<Vec<Vec<f32>>> {
+        let fill = |i: usize, out: &mut [f32]| {
+            self.transform
+                .image(&images[i], out)
+                .map_err(|problem| RuntimeError::Image {
+                    path: PathBuf::from(format!("image #{i}")),
+                    problem,
+                })
+        };
+        let flat = runner::run(
+            &self.engine,
+            self.par,
+            self.transform.image_len(),
+            images.len(),
+            fill,
+            &|_| {},
+        )?;
+        Ok(self.split(flat))
+    }
+
+    /// Logits for input that is already preprocessed: `n` images of `C * H * W` values each,
+    /// exactly what the graph takes.
+    pub fn logits_for_input(&self, input: &[f32]) -> Result<Vec<Vec<f32>>> {
+        let len = self.transform.image_len();
+        if !input.len().is_multiple_of(len) {
+            return Err(RuntimeError::InvalidArgument(format!(
+                "{} input values are not a whole number of {len}-value images",
+                input.len()
+            )));
+        }
+        let fill = |i: usize, out: &mut [f32]| {
+            out.copy_from_slice(&input[i * len..(i + 1) * len]);
+            Ok(())
+        };
+        let flat = runner::run(
+            &self.engine,
+            self.par,
+            len,
+            input.len() / len,
+            fill,
+            &|_| {},
+        )?;
+        Ok(self.split(flat))
+    }
+
+    fn split(&self, flat: Vec<f32>) -> Vec<Vec<f32>> {
+        flat.chunks_exact(self.classes.len())
+            .map(<[f32]>::to_vec)
+            .collect()
+    }
+
+    /// The `k` most probable classes of a probability vector, most probable first (ties: lower index).
+    pub fn top_k(&self, probabilities: &[f32], k: usize) -> Vec<Prediction> {
+        let mut order: Vec<usize> = (0..probabilities.len()).collect();
+        order.sort_by(|&a, &b| {
+            probabilities[b]
+                .total_cmp(&probabilities[a])
+                .then(a.cmp(&b))
+        });
+        order
+            .into_iter()
+            .take(k)
+            .map(|i| Prediction {
+                index: i,
+                class: self.classes[i].clone(),
+                probability: probabilities[i],
+            })
+            .collect()
+    }
+}
+
+/// Numerically stable softmax.
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f32> = logits.iter().map(|&l| (l - max).exp()).collect();
+    let sum: f32 = exp.iter().sum();
+    exp.into_iter().map(|e| e / sum).collect()
+}
+
+/// The machine's available cores (1 when unknown).
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

@@ -1,0 +1,130 @@
+//! Command-line arguments (clap derive). Every flag says its unit and default.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Run super-convergence image classifiers (ONNX) on the CPU with tract.
+#[derive(Debug, Parser)]
+#[command(name = "sc-runtime", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Accuracy, per-class accuracy, confusion matrix and throughput on a labelled test set.
+    Eval {
+        /// The model (.onnx).
+        model: PathBuf,
+        /// A CIFAR-10/100 binary test batch (e.g. test_batch.bin), an IDX images file
+        /// (t10k-images-idx3-ubyte[.gz]), or a directory holding either.
+        data: PathBuf,
+        /// Evaluate only the first N images [default: all].
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// Print one JSON object instead of text (and no progress bar).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        run: RunArgs,
+        #[command(flatten)]
+        pre: PreArgs,
+    },
+    /// Top-k classes of each image file (PNG, JPEG, BMP, GIF, TIFF, WebP).
+    Predict {
+        /// The model (.onnx).
+        model: PathBuf,
+        /// Image files.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        /// Classes shown per image.
+        #[arg(long, default_value_t = 3, value_name = "K")]
+        top_k: usize,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        run: RunArgs,
+        #[command(flatten)]
+        pre: PreArgs,
+    },
+    /// Images/s and request latency (p50, p99) per batch size, on synthetic input.
+    Bench {
+        /// The model (.onnx); a foreign model needs no flags (its graph must fix C, H, W).
+        model: PathBuf,
+        /// Images per request, comma-separated.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "1,64",
+            value_name = "N,.."
+        )]
+        batch: Vec<usize>,
+        /// Minimum measuring time per batch size, in seconds.
+        #[arg(long, default_value_t = 3.0, value_name = "SECONDS")]
+        seconds: f64,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        run: RunArgs,
+        #[command(flatten)]
+        pre: PreArgs,
+    },
+    /// Inputs, outputs, metadata and operator counts of a model file.
+    Info {
+        /// The model (.onnx).
+        model: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// How inference is spread over the CPU.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Worker threads sharing the model [default: the machine's available cores].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Images per tract run; one optimized plan is built per size used [default: 1, the fastest
+    /// per image for tract].
+    #[arg(long, value_name = "N")]
+    pub chunk: Option<usize>,
+}
+
+/// The preprocessing of a foreign model (one without sc.* metadata). Our models carry their own:
+/// do not give these for them.
+#[derive(Debug, Args, Default)]
+pub struct PreArgs {
+    /// Per-channel mean subtracted after scaling to the pixel range, comma-separated: 1 value
+    /// (gray) or 3 (RGB), e.g. 0.4914,0.4822,0.4465 [default: none].
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "M,..",
+        allow_negative_numbers = true
+    )]
+    pub mean: Option<Vec<f32>>,
+    /// Per-channel standard deviation divided by after the mean, comma-separated, e.g.
+    /// 0.2470,0.2435,0.2616 [default: none].
+    #[arg(long, value_delimiter = ',', value_name = "S,..")]
+    pub std: Option<Vec<f32>>,
+    /// Class names in logit order: `cifar10`, `fashion-mnist`, `mnist`, a count N (named 0..N-1),
+    /// `@FILE` (one name per line) or a comma-separated list [default: none].
+    #[arg(long, value_name = "SPEC")]
+    pub classes: Option<String>,
+    /// Input size HxW in pixels, e.g. 32x32 [default: the graph's fixed input size].
+    #[arg(long, value_name = "HxW")]
+    pub input_size: Option<String>,
+    /// The values a 0 byte and a 255 byte map to before mean/std, e.g. 0,255 [default: 0,1].
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "LO,HI",
+        allow_negative_numbers = true
+    )]
+    pub pixel_range: Option<Vec<f32>>,
+}

@@ -1,0 +1,164 @@
+//! What the commands print: aligned text for people, one JSON document with `--json`.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use sc_runtime::bench::BenchResult;
+use sc_runtime::{Classifier, Evaluation, ModelInfo, Prediction, TensorInfo};
+use serde::Serialize;
+
+/// Confusion matrices with more classes than this are left to `--json`.
+const MAX_PRINTED_CLASSES: usize = 20;
+
+fn print_json(value: &impl Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+pub fn info(info: &ModelInfo, json: bool) -> Result<()> {
+    if json {
+        return print_json(info);
+    }
+    let tensor = |t: &TensorInfo| {
+        let shape = t.shape.as_ref().map_or("(no shape)".to_string(), |s| {
+            let dims: Vec<String> = s.iter().map(|d| d.to_string()).collect();
+            format!("[{}]", dims.join(", "))
+        });
+        format!("{} {} {}", t.name, t.element_type, shape)
+    };
+    println!("file        {}", info.path.display());
+    println!("producer    {}", info.producer);
+    println!("ir / opset  {} / {}", info.ir_version, info.opset);
+    for i in &info.inputs {
+        println!("input       {}", tensor(i));
+    }
+    for o in &info.outputs {
+        println!("output      {}", tensor(o));
+    }
+    println!(
+        "weights     {} tensors, {} values",
+        info.initializers, info.weights
+    );
+    let ops: Vec<String> = info
+        .op_counts
+        .iter()
+        .map(|(op, n)| format!("{op} {n}"))
+        .collect();
+    println!("ops         {}", ops.join(", "));
+    if info.metadata.is_empty() {
+        println!("metadata    (none: a foreign model needs --mean, --std and --classes)");
+    }
+    for (k, v) in &info.metadata {
+        println!("metadata    {k} = {v}");
+    }
+    Ok(())
+}
+
+pub fn eval(clf: &Classifier, e: &Evaluation, json: bool) -> Result<()> {
+    if json {
+        return print_json(e);
+    }
+    println!("model     {}", clf.path().display());
+    println!("data      {} ({} images)", e.dataset, e.images);
+    println!(
+        "accuracy  {:.2}% ({} / {})",
+        100.0 * e.accuracy,
+        e.correct,
+        e.images
+    );
+    println!(
+        "speed     {:.0} images/s ({:.2} s, {} threads, {} images per run)",
+        e.images_per_second, e.seconds, e.threads, e.chunk
+    );
+    let width = e
+        .per_class
+        .iter()
+        .map(|c| c.class.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    println!("\nper class:");
+    for c in &e.per_class {
+        println!(
+            "  {:<width$}  {:>6.2}%  ({} / {})",
+            c.class,
+            100.0 * c.accuracy,
+            c.correct,
+            c.total
+        );
+    }
+    let k = e.confusion.len();
+    if k > MAX_PRINTED_CLASSES {
+        println!("\nconfusion matrix: {k} classes, see --json");
+        return Ok(());
+    }
+    println!("\nconfusion matrix (rows: true class, columns: predicted class, in class order):");
+    let cell = e
+        .confusion
+        .iter()
+        .flatten()
+        .max()
+        .map_or(1, |m| m.to_string().len())
+        .max(3);
+    for (row, c) in e.confusion.iter().zip(&e.per_class) {
+        let cells: Vec<String> = row.iter().map(|n| format!("{n:>cell$}")).collect();
+        println!("  {:<width$}  {}", c.class, cells.join(" "));
+    }
+    Ok(())
+}
+
+pub fn predict(paths: &[PathBuf], results: &[Vec<Prediction>], json: bool) -> Result<()> {
+    if json {
+        #[derive(Serialize)]
+        struct Item<'a> {
+            image: &'a PathBuf,
+            predictions: &'a [Prediction],
+        }
+        let items: Vec<Item> = (paths.iter().zip(results))
+            .map(|(image, p)| Item {
+                image,
+                predictions: p,
+            })
+            .collect();
+        return print_json(&items);
+    }
+    for (path, preds) in paths.iter().zip(results) {
+        println!("{}", path.display());
+        for p in preds {
+            println!(
+                "  {:>6.2}%  {} ({})",
+                100.0 * p.probability,
+                p.class,
+                p.index
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn bench(clf: &Classifier, results: &[BenchResult], json: bool) -> Result<()> {
+    if json {
+        return print_json(&results);
+    }
+    let i = clf.input();
+    println!(
+        "model {} (input {}x{}x{}), {} threads, {} images per tract run",
+        clf.path().display(),
+        i.channels,
+        i.height,
+        i.width,
+        clf.threads(),
+        clf.chunk()
+    );
+    println!(
+        "{:>6} {:>12} {:>10} {:>10} {:>9}",
+        "batch", "images/s", "p50 ms", "p99 ms", "requests"
+    );
+    for r in results {
+        println!(
+            "{:>6} {:>12.1} {:>10.3} {:>10.3} {:>9}",
+            r.batch, r.images_per_second, r.latency_ms_p50, r.latency_ms_p99, r.requests
+        );
+    }
+    Ok(())
+}

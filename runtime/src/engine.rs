@@ -1,0 +1,168 @@
+//! The tract side, kept private: one optimized plan per batch size actually used, shared by all
+//! threads, and per-thread sessions that reuse their tract state between runs.
+//!
+//! tract runs a plan on one thread, and a plan specialised to a fixed input shape is its fastest
+//! path, so the engine never runs the symbolic-batch graph: it builds (once, lazily) a plan for each
+//! concrete batch size it is asked for.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tract_onnx::pb;
+use tract_onnx::prelude::*;
+
+use crate::error::{boxed, Result, RuntimeError};
+
+type Plan = TypedSimplePlan;
+
+/// A model ready to run on `[batch, C, H, W]` float input; `Send + Sync`.
+pub(crate) struct Engine {
+    source: PathBuf,
+    template: InferenceModel,
+    chw: [usize; 3],
+    /// `Some(n)` when the graph's batch dimension is the fixed number `n`.
+    fixed_batch: Option<usize>,
+    plans: Mutex<HashMap<usize, Arc<Plan>>>,
+    /// Number of logits per image, read from the first plan's output shape.
+    classes: usize,
+}
+
+impl Engine {
+    /// Parses the graph with tract and builds the plan for the smallest usable batch, which also
+    /// tells the output size. `dir` resolves external tensor data (None for in-memory models).
+    pub fn new(
+        source: &Path,
+        proto: &pb::ModelProto,
+        dir: Option<&str>,
+        chw: [usize; 3],
+        fixed_batch: Option<usize>,
+    ) -> Result<Engine> {
+        let plan_err = |e: TractError| RuntimeError::Plan {
+            path: source.to_path_buf(),
+            source: boxed(e),
+        };
+        let parsed = tract_onnx::onnx()
+            .with_ignore_output_shapes(true)
+            .with_ignore_value_info(true)
+            .parse(proto, dir)
+            .map_err(plan_err)?;
+        if !parsed.unresolved_inputs.is_empty() {
+            return Err(RuntimeError::Contract {
+                path: source.to_path_buf(),
+                problem: format!(
+                    "graph uses values nothing defines: {}",
+                    parsed.unresolved_inputs.join(", ")
+                ),
+            });
+        }
+        let mut engine = Engine {
+            source: source.to_path_buf(),
+            template: parsed.model,
+            chw,
+            fixed_batch,
+            plans: Mutex::new(HashMap::new()),
+            classes: 0,
+        };
+        let batch = fixed_batch.unwrap_or(1);
+        let plan = engine.build_plan(batch)?;
+        let shape = plan.model().output_fact(0).map_err(plan_err)?.shape.clone();
+        let dims: Option<Vec<usize>> = shape.as_concrete().map(|d| d.to_vec());
+        engine.classes = match dims.as_deref() {
+            Some(&[b, k]) if b == batch && k > 0 => k,
+            _ => {
+                return Err(RuntimeError::Contract {
+                    path: source.to_path_buf(),
+                    problem: format!(
+                        "output has shape {shape:?} for a batch of {batch}, expected [{batch}, classes]"
+                    ),
+                })
+            }
+        };
+        engine.plans.lock().unwrap().insert(batch, plan);
+        Ok(engine)
+    }
+
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+
+    /// The batch size the graph forces, if any.
+    pub fn fixed_batch(&self) -> Option<usize> {
+        self.fixed_batch
+    }
+
+    fn build_plan(&self, batch: usize) -> Result<Arc<Plan>> {
+        let [c, h, w] = self.chw;
+        let fact = f32::fact([batch, c, h, w]).into();
+        self.template
+            .clone()
+            .with_input_fact(0, fact)
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .map_err(|e| RuntimeError::Plan {
+                path: self.source.clone(),
+                source: boxed(e.context(format!("optimizing for input [{batch}, {c}, {h}, {w}]"))),
+            })
+    }
+
+    /// The optimized plan for `batch` images, built on first use.
+    fn plan(&self, batch: usize) -> Result<Arc<Plan>> {
+        // Held while building, so that concurrent callers build each plan once.
+        let mut plans = self.plans.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = plans.get(&batch) {
+            return Ok(p.clone());
+        }
+        let p = self.build_plan(batch)?;
+        plans.insert(batch, p.clone());
+        Ok(p)
+    }
+}
+
+/// One thread's handle on an engine: keeps a tract state per batch size between runs.
+pub(crate) struct Session<'a> {
+    engine: &'a Engine,
+    states: HashMap<usize, TypedSimpleState>,
+}
+
+impl<'a> Session<'a> {
+    pub fn new(engine: &'a Engine) -> Self {
+        Session {
+            engine,
+            states: HashMap::new(),
+        }
+    }
+
+    /// Runs `batch` images held in `input` (`batch * C * H * W` values) and returns
+    /// `batch * classes` logits.
+    pub fn run(&mut self, batch: usize, input: &[f32]) -> Result<Vec<f32>> {
+        let e = self.engine;
+        let fail = |err: TractError| RuntimeError::Inference {
+            path: e.source.clone(),
+            source: boxed(err),
+        };
+        let [c, h, w] = e.chw;
+        let state = match self.states.entry(batch) {
+            std::collections::hash_map::Entry::Occupied(s) => s.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(e.plan(batch)?.spawn().map_err(fail)?)
+            }
+        };
+        let tensor = Tensor::from_shape(&[batch, c, h, w], input).map_err(fail)?;
+        let out = state.run(tvec!(tensor.into_tvalue())).map_err(fail)?;
+        let view = out[0].try_as_plain_ram().map_err(fail)?;
+        let logits = view.as_slice::<f32>().map_err(fail)?;
+        if logits.len() != batch * e.classes {
+            return Err(RuntimeError::Inference {
+                path: e.source.clone(),
+                source: format!(
+                    "output holds {} values, expected {batch} x {}",
+                    logits.len(),
+                    e.classes
+                )
+                .into(),
+            });
+        }
+        Ok(logits.to_vec())
+    }
+}

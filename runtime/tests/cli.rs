@@ -1,0 +1,214 @@
+//! The `sc-runtime` binary: each command on files made here, and bad input as a non-zero exit with
+//! the file named on stderr and no panic.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{png, solid_cifar, Tiny};
+use sc_runtime::data::write;
+
+const RGB: [&str; 3] = ["red", "green", "blue"];
+
+fn run(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sc-runtime"))
+        .args(args.iter().map(|a| a.as_ref()))
+        .output()
+        .expect("runs the binary")
+}
+
+fn ok(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "failed: {stderr}");
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// Exit code non-zero, every needle on stderr, no panic.
+fn fails(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "succeeded; stderr: {stderr}");
+    assert!(!stderr.contains("panicked at"), "{stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "`{n}` not in stderr: {stderr}");
+    }
+}
+
+fn setup(dir: &Path) {
+    Tiny::ours(3, 32, &RGB).write(dir, "model.onnx");
+    Tiny::foreign(3, 32, 3).write(dir, "foreign.onnx");
+    let records = vec![
+        (0, solid_cifar([200, 0, 0])),
+        (1, solid_cifar([0, 200, 0])),
+        (2, solid_cifar([0, 0, 200])),
+        (1, solid_cifar([0, 0, 200])),
+    ];
+    std::fs::create_dir(dir.join("cifar")).unwrap();
+    write::cifar10(&dir.join("cifar/test_batch.bin"), &records).unwrap();
+    std::fs::write(
+        dir.join("blue.png"),
+        png(5, 5, None, &[0, 0, 255].repeat(25)),
+    )
+    .unwrap();
+}
+
+#[test]
+fn eval_predict_bench_info() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    setup(d);
+    let (model, cifar) = (d.join("model.onnx"), d.join("cifar"));
+
+    let text = ok(&run(&[&"eval", &model, &cifar, &"--threads", &"2"]));
+    assert!(text.contains("accuracy  75.00% (3 / 4)"), "{text}");
+    assert!(
+        text.contains("confusion matrix") && text.contains("green"),
+        "{text}"
+    );
+
+    let json = ok(&run(&[
+        &"eval",
+        &model,
+        &cifar.join("test_batch.bin"),
+        &"--json",
+        &"--limit",
+        &"2",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["images"], 2);
+    assert_eq!(v["accuracy"], 1.0);
+    assert_eq!(v["confusion"][1][1], 1);
+
+    let text = ok(&run(&[
+        &"predict",
+        &model,
+        &d.join("blue.png"),
+        &"--top-k",
+        &"2",
+    ]));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines[1].contains("blue (2)"), "{text}");
+
+    let json = ok(&run(&[
+        &"bench",
+        &model,
+        &"--batch",
+        &"1,3",
+        &"--seconds",
+        &"0",
+        &"--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    assert_eq!(v[1]["batch"], 3);
+
+    // a foreign model: bench needs no flags, predict and eval need the preprocessing
+    ok(&run(&[
+        &"bench",
+        &d.join("foreign.onnx"),
+        &"--batch",
+        &"2",
+        &"--seconds",
+        &"0",
+    ]));
+    let pre = [
+        "--mean",
+        "0.5,0.5,0.5",
+        "--std",
+        "0.25,0.25,0.25",
+        "--classes",
+        "r,g,b",
+    ];
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"predict"];
+    let (fm, blue) = (d.join("foreign.onnx"), d.join("blue.png"));
+    args.push(&fm);
+    args.push(&blue);
+    args.extend(pre.iter().map(|s| s as &dyn AsRef<std::ffi::OsStr>));
+    let text = ok(&run(&args));
+    assert!(text.lines().nth(1).unwrap().contains(" b (2)"), "{text}");
+
+    let text = ok(&run(&[&"info", &model]));
+    assert!(
+        text.contains("sc.classes") && text.contains("image float32 [batch, 3, 32, 32]"),
+        "{text}"
+    );
+    assert!(text.contains("Conv 1") && text.contains("Gemm 1"), "{text}");
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&run(&[&"info", &model, &"--json"]))).unwrap();
+    assert_eq!(v["op_counts"]["ReduceMean"], 1);
+}
+
+#[test]
+fn bad_input_exits_non_zero_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    setup(d);
+    let (model, cifar) = (d.join("model.onnx"), d.join("cifar"));
+    std::fs::write(d.join("empty.onnx"), b"").unwrap();
+    std::fs::write(d.join("text.onnx"), b"hello\n").unwrap();
+    let bytes = std::fs::read(&model).unwrap();
+    std::fs::write(d.join("cut.onnx"), &bytes[..bytes.len() / 2]).unwrap();
+    std::fs::write(d.join("junk.png"), b"not an image").unwrap();
+    std::fs::write(
+        d.join("huge.png"),
+        png(20_000, 20_000, None, &vec![9; 60_000]),
+    )
+    .unwrap();
+    std::fs::write(d.join("short.bin"), vec![0u8; 3073 * 2 - 10]).unwrap();
+
+    fails(&run(&[&"info", &d.join("missing.onnx")]), &["missing.onnx"]);
+    fails(
+        &run(&[&"eval", &d.join("missing.onnx"), &cifar]),
+        &["missing.onnx"],
+    );
+    fails(&run(&[&"eval", &d, &cifar]), &["directory"]);
+    fails(
+        &run(&[&"eval", &d.join("empty.onnx"), &cifar]),
+        &["empty.onnx", "empty file"],
+    );
+    fails(
+        &run(&[&"predict", &d.join("text.onnx"), &d.join("blue.png")]),
+        &["text.onnx"],
+    );
+    fails(
+        &run(&[&"bench", &d.join("cut.onnx"), &"--seconds", &"0"]),
+        &["cut.onnx"],
+    );
+    fails(
+        &run(&[&"predict", &model, &d.join("junk.png")]),
+        &["junk.png"],
+    );
+    fails(
+        &run(&[&"predict", &model, &d.join("huge.png")]),
+        &["huge.png"],
+    );
+    fails(
+        &run(&[&"predict", &model, &d.join("nope.png")]),
+        &["nope.png"],
+    );
+    fails(
+        &run(&[&"eval", &model, &d.join("short.bin")]),
+        &["short.bin", "not a multiple"],
+    );
+    fails(&run(&[&"eval", &model, &d.join("no-data")]), &["no-data"]);
+    fails(&run(&[&"eval", &model, &d]), &["no data set found"]);
+    // a foreign model without its preprocessing, and half a description
+    fails(
+        &run(&[&"eval", &d.join("foreign.onnx"), &cifar]),
+        &["foreign.onnx", "--mean"],
+    );
+    fails(
+        &run(&[&"eval", &d.join("foreign.onnx"), &cifar, &"--mean", &"0.5"]),
+        &["--std"],
+    );
+    fails(
+        &run(&[&"eval", &model, &cifar, &"--threads", &"0"]),
+        &["--threads"],
+    );
+    fails(
+        &run(&[&"predict", &model, &d.join("blue.png"), &"--top-k", &"0"]),
+        &["--top-k"],
+    );
+    fails(&run(&[&"bench", &model, &"--batch", &"0"]), &["--batch"]);
+}

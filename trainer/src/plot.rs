@@ -1,0 +1,192 @@
+//! PNG plots (plotters): the LR range test, and validation accuracy against iteration with the LR
+//! on a second axis for the experiment reports.
+
+use std::path::Path;
+
+use anyhow::anyhow;
+use plotters::prelude::*;
+
+use crate::lrfind::LrFindReport;
+
+fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow!("plotting failed: {e:?}")
+}
+
+const COLORS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+    RGBColor(23, 190, 207),
+];
+
+fn span(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = values
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+            (a.min(v), b.max(v))
+        });
+    if !lo.is_finite() {
+        (0.0, 1.0)
+    } else if hi - lo < 1e-12 {
+        (lo - 0.5, hi + 0.5)
+    } else {
+        (lo, hi)
+    }
+}
+
+/// Loss (smoothed and raw) and validation accuracy against the LR, with the suggestions marked.
+pub fn lr_find_plot(path: &Path, r: &LrFindReport, log_x: bool) -> anyhow::Result<()> {
+    let x = |lr: f64| if log_x { lr.max(1e-12).log10() } else { lr };
+    let (x0, x1) = span(
+        r.curve
+            .iter()
+            .map(|p| x(p.lr))
+            .chain(r.accuracy.iter().map(|a| x(a.lr))),
+    );
+    // Clip the loss axis so that the divergence spike does not flatten the interesting part.
+    let first = r.curve.first().map(|p| p.smoothed_loss).unwrap_or(1.0);
+    let (l0, l1) = span(r.curve.iter().map(|p| p.smoothed_loss));
+    let l1 = l1.min(first * 1.5).max(l0 + 1e-3);
+    let root = BitMapBackend::new(path, (1000, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("LR range test", ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .right_y_label_area_size(60)
+        .build_cartesian_2d(x0..x1, l0..l1)
+        .map_err(err)?
+        .set_secondary_coord(x0..x1, 0.0..1.0);
+    chart
+        .configure_mesh()
+        .x_desc(if log_x {
+            "log10(learning rate)"
+        } else {
+            "learning rate"
+        })
+        .y_desc("training loss (smoothed)")
+        .draw()
+        .map_err(err)?;
+    chart
+        .configure_secondary_axes()
+        .y_desc("validation accuracy")
+        .draw()
+        .map_err(err)?;
+    let clip = |v: f64| v.clamp(l0, l1);
+    chart
+        .draw_series(LineSeries::new(
+            r.curve.iter().map(|p| (x(p.lr), clip(p.loss))),
+            COLORS[0].mix(0.25),
+        ))
+        .map_err(err)?;
+    chart
+        .draw_series(LineSeries::new(
+            r.curve.iter().map(|p| (x(p.lr), clip(p.smoothed_loss))),
+            COLORS[0].stroke_width(2),
+        ))
+        .map_err(err)?
+        .label("smoothed loss")
+        .legend(|(a, b)| PathElement::new(vec![(a, b), (a + 20, b)], COLORS[0]));
+    chart
+        .draw_secondary_series(LineSeries::new(
+            r.accuracy.iter().map(|a| (x(a.lr), a.val_acc)),
+            COLORS[1].stroke_width(2),
+        ))
+        .map_err(err)?
+        .label("validation accuracy")
+        .legend(|(a, b)| PathElement::new(vec![(a, b), (a + 20, b)], COLORS[1]));
+    let marks = [
+        (&r.paper_max_lr, "paper max", COLORS[2]),
+        (&r.paper_min_lr, "paper min", COLORS[3]),
+        (&r.steepest, "steepest", COLORS[4]),
+        (&r.valley, "valley", COLORS[5]),
+    ];
+    for (s, name, color) in marks {
+        if let Some(s) = s {
+            let xv = x(s.lr);
+            chart
+                .draw_series(LineSeries::new(
+                    vec![(xv, l0), (xv, l1)],
+                    color.stroke_width(1),
+                ))
+                .map_err(err)?
+                .label(format!("{name}: {:.4}", s.lr))
+                .legend(move |(a, b)| PathElement::new(vec![(a, b), (a + 20, b)], color));
+        }
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// One curve of a comparison: validation accuracy and LR against iteration.
+pub struct Series {
+    pub label: String,
+    pub acc: Vec<(f64, f64)>,
+    pub lr: Vec<(f64, f64)>,
+}
+
+/// Validation accuracy against iteration for several runs, LR on the right axis.
+pub fn accuracy_plot(path: &Path, title: &str, series: &[Series]) -> anyhow::Result<()> {
+    let (x0, x1) = span(
+        series
+            .iter()
+            .flat_map(|s| s.acc.iter().chain(&s.lr).map(|p| p.0)),
+    );
+    let (_, lr_max) = span(series.iter().flat_map(|s| s.lr.iter().map(|p| p.1)));
+    let root = BitMapBackend::new(path, (1000, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .right_y_label_area_size(60)
+        .build_cartesian_2d(0.0..x1.max(x0 + 1.0), 0.0..1.0)
+        .map_err(err)?
+        .set_secondary_coord(0.0..x1.max(x0 + 1.0), 0.0..lr_max * 1.05);
+    chart
+        .configure_mesh()
+        .x_desc("iteration")
+        .y_desc("validation accuracy")
+        .draw()
+        .map_err(err)?;
+    chart
+        .configure_secondary_axes()
+        .y_desc("learning rate (dashed)")
+        .draw()
+        .map_err(err)?;
+    for (i, s) in series.iter().enumerate() {
+        let c = COLORS[i % COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(s.acc.iter().copied(), c.stroke_width(2)))
+            .map_err(err)?
+            .label(s.label.clone())
+            .legend(move |(a, b)| PathElement::new(vec![(a, b), (a + 20, b)], c));
+        chart
+            .draw_secondary_series(DashedLineSeries::new(
+                s.lr.iter().copied(),
+                6,
+                4,
+                c.mix(0.6).stroke_width(1),
+            ))
+            .map_err(err)?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}

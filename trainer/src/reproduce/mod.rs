@@ -1,0 +1,113 @@
+//! `sc-trainer reproduce EXPERIMENT`: the paper's claims as commands. Runs the preset's runs
+//! (resuming unfinished ones, skipping finished ones), then writes `report.md`, `report.json` and
+//! plots that put our numbers beside the paper's, with a verdict per claim.
+
+pub mod preset;
+mod report;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+pub use preset::{expand, load, PlannedRun, Role, PRESETS};
+pub use report::{build_report, Report};
+
+use crate::train::{fit, FitOptions, Outcome, Summary};
+
+/// What to reproduce and where.
+#[derive(Debug, Clone)]
+pub struct ReproducePlan {
+    pub experiment: String,
+    pub scale: String,
+    pub data: PathBuf,
+    pub seeds: u64,
+    pub device: String,
+    /// Where the runs live (shared by all experiments so that identical runs are done once).
+    pub runs_root: PathBuf,
+    /// Where the report goes.
+    pub out: PathBuf,
+    pub progress: bool,
+    /// Only list the runs.
+    pub dry_run: bool,
+}
+
+fn read_summary(dir: &Path) -> Option<Summary> {
+    let text = std::fs::read_to_string(dir.join("summary.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Does one planned run (or nothing, when it already finished). Diverged runs are results too.
+fn do_run(r: &PlannedRun, progress: bool) -> anyhow::Result<()> {
+    if let Some(s) = read_summary(&r.dir) {
+        if matches!(s.outcome, Outcome::Finished | Outcome::Diverged) {
+            eprintln!("[{}] done already: {}", r.label, r.dir.display());
+            return Ok(());
+        }
+    }
+    let resume = r.dir.join(crate::checkpoint::CHECKPOINT).exists()
+        || r.dir.join(crate::checkpoint::PREVIOUS).exists();
+    eprintln!(
+        "[{}] seed {} {}: {}",
+        r.label,
+        r.seed,
+        if resume { "resuming" } else { "starting" },
+        r.dir.display()
+    );
+    let opts = FitOptions {
+        resume,
+        progress,
+        divergence_is_end: r.role == Role::Range,
+        val_limit: (r.role == Role::Range).then_some(1000),
+        export: r.role != Role::Range,
+        ..FitOptions::default()
+    };
+    match fit(r.config.clone(), &r.dir, &opts) {
+        Ok(_) => Ok(()),
+        // A diverged run is an outcome to report, not a reason to stop the experiment.
+        Err(e) if read_summary(&r.dir).is_some_and(|s| s.outcome == Outcome::Diverged) => {
+            eprintln!("[{}] {e:#}", r.label);
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| format!("run {} ({})", r.label, r.dir.display())),
+    }
+}
+
+/// Runs the experiment and writes the report; returns it.
+pub fn reproduce(plan: &ReproducePlan) -> anyhow::Result<Option<Report>> {
+    let preset = load(&plan.experiment)?;
+    let (scale, runs) = expand(
+        &preset,
+        &plan.scale,
+        &plan.data,
+        plan.seeds,
+        &plan.device,
+        &plan.runs_root,
+    )?;
+    eprintln!(
+        "{} ({} scale): {} runs. Budget: {}",
+        preset.title,
+        plan.scale,
+        runs.len(),
+        scale.budget
+    );
+    if plan.dry_run {
+        for r in &runs {
+            let done = read_summary(&r.dir).is_some_and(|s| s.outcome != Outcome::Interrupted);
+            println!(
+                "{:<28} seed {}  {:>6} it  {}  {}",
+                r.label,
+                r.seed,
+                r.config.iterations.unwrap_or(0),
+                if done { "done   " } else { "to do  " },
+                r.dir.display()
+            );
+        }
+        return Ok(None);
+    }
+    crate::io::ensure_writable_dir(&plan.out)?;
+    for r in &runs {
+        do_run(r, plan.progress)?;
+    }
+    let report = build_report(&preset, &plan.scale, &scale.budget, &runs, &plan.out)?;
+    Ok(Some(report))
+}

@@ -1,0 +1,279 @@
+//! Experiment presets (`trainer/presets/*.toml`, compiled in): each experiment at each scale is a
+//! base config and a list of runs that override it. Expanding a preset gives fully resolved
+//! [`TrainConfig`]s; a run's directory is named by a hash of its config, so experiments share runs
+//! whose settings match and a finished run is never redone.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+use crate::config::TrainConfig;
+
+/// The experiments, with their preset files.
+pub const PRESETS: [(&str, &str); 5] = [
+    ("sc-vs-pc", include_str!("../../presets/sc-vs-pc.toml")),
+    ("train-size", include_str!("../../presets/train-size.toml")),
+    ("depth", include_str!("../../presets/depth.toml")),
+    ("step-size", include_str!("../../presets/step-size.toml")),
+    ("lr-range", include_str!("../../presets/lr-range.toml")),
+];
+
+/// What a run is in the comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Super-convergence (one cycle).
+    Sc,
+    /// The piecewise-constant baseline.
+    Pc,
+    /// An LR range test.
+    Range,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preset {
+    pub experiment: String,
+    pub claims: Vec<u32>,
+    pub title: String,
+    pub scale: BTreeMap<String, ScalePreset>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScalePreset {
+    /// The budget per run, in words (goes into the report).
+    pub budget: String,
+    pub base: toml::Table,
+    pub runs: Vec<RunPreset>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunPreset {
+    pub label: String,
+    pub role: Role,
+    /// Runs of the same group are compared with each other (sc vs pc).
+    #[serde(default)]
+    pub group: String,
+    /// The paper's test accuracy for this setting, in percent.
+    pub paper: f64,
+    pub set: toml::Table,
+}
+
+/// One run to do: a preset row at one seed.
+#[derive(Debug, Clone)]
+pub struct PlannedRun {
+    pub label: String,
+    pub role: Role,
+    pub group: String,
+    pub paper: f64,
+    pub seed: u64,
+    pub config: TrainConfig,
+    pub dir: PathBuf,
+}
+
+pub fn load(experiment: &str) -> anyhow::Result<Preset> {
+    let Some((_, text)) = PRESETS.iter().find(|(n, _)| *n == experiment) else {
+        bail!(
+            "unknown experiment '{experiment}': expected one of {}",
+            PRESETS.map(|p| p.0).join(", ")
+        );
+    };
+    toml::from_str(text).with_context(|| format!("preset {experiment}.toml is invalid"))
+}
+
+fn merge(base: &mut toml::Table, over: &toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            _ => {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+/// FNV-1a, stable across platforms and Rust versions (run directory names must not change).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The run directory of a config: `{model}-{schedule}-{iterations}it-s{seed}-{hash}`.
+pub fn run_dir(root: &Path, cfg: &TrainConfig) -> PathBuf {
+    let json = serde_json::to_string(cfg).expect("config serializes");
+    let kind = serde_json::to_value(&cfg.schedule)
+        .ok()
+        .and_then(|v| v["kind"].as_str().map(String::from))
+        .unwrap_or_default();
+    root.join(format!(
+        "{}-{}-{}it-s{}-{:08x}",
+        cfg.model.name,
+        kind,
+        cfg.iterations.unwrap_or(0),
+        cfg.seed,
+        fnv1a(json.as_bytes()) as u32
+    ))
+}
+
+/// The runs of `experiment` at `scale` for `seeds` seeds (0..seeds), on the data at `data`.
+pub fn expand(
+    preset: &Preset,
+    scale: &str,
+    data: &Path,
+    seeds: u64,
+    device: &str,
+    runs_root: &Path,
+) -> anyhow::Result<(ScalePreset, Vec<PlannedRun>)> {
+    let sp = preset.scale.get(scale).ok_or_else(|| {
+        anyhow::anyhow!(
+            "experiment {} has no scale '{scale}': expected one of {}",
+            preset.experiment,
+            preset.scale.keys().cloned().collect::<Vec<_>>().join(", ")
+        )
+    })?;
+    if seeds == 0 {
+        bail!("--seeds must be at least 1");
+    }
+    let mut out = Vec::new();
+    for r in &sp.runs {
+        for seed in 0..seeds {
+            let mut t = sp.base.clone();
+            merge(&mut t, &r.set);
+            let mut fixed = toml::Table::new();
+            fixed.insert("seed".into(), toml::Value::Integer(seed as i64));
+            fixed.insert("device".into(), toml::Value::String(device.into()));
+            let mut d = toml::Table::new();
+            d.insert(
+                "path".into(),
+                toml::Value::String(data.display().to_string()),
+            );
+            fixed.insert("data".into(), toml::Value::Table(d));
+            merge(&mut t, &fixed);
+            let config: TrainConfig = toml::Value::Table(t).try_into().with_context(|| {
+                format!(
+                    "preset {} / {scale} / {}: invalid config",
+                    preset.experiment, r.label
+                )
+            })?;
+            config
+                .validate()
+                .with_context(|| format!("preset {} / {scale} / {}", preset.experiment, r.label))?;
+            out.push(PlannedRun {
+                label: r.label.clone(),
+                role: r.role,
+                group: r.group.clone(),
+                paper: r.paper,
+                seed,
+                dir: run_dir(runs_root, &config),
+                config,
+            });
+        }
+    }
+    Ok((sp.clone(), out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_preset_expands_to_the_runs_it_promises() {
+        let expect = [
+            ("sc-vs-pc", 2),
+            ("train-size", 10),
+            ("depth", 6),
+            ("step-size", 6),
+            ("lr-range", 1),
+        ];
+        for (name, n) in expect {
+            let p = load(name).unwrap();
+            assert_eq!(p.experiment, name);
+            for scale in ["paper", "cpu"] {
+                let (_, runs) =
+                    expand(&p, scale, Path::new("d"), 2, "cpu", Path::new("r")).unwrap();
+                assert_eq!(runs.len(), 2 * n, "{name}/{scale}");
+                // Distinct settings get distinct directories; seeds too.
+                let mut dirs: Vec<_> = runs.iter().map(|r| r.dir.clone()).collect();
+                dirs.sort();
+                dirs.dedup();
+                assert_eq!(
+                    dirs.len(),
+                    runs.len(),
+                    "{name}/{scale}: directories collide"
+                );
+            }
+        }
+        let e = expand(
+            &load("depth").unwrap(),
+            "huge",
+            Path::new("d"),
+            1,
+            "cpu",
+            Path::new("r"),
+        );
+        assert!(e.unwrap_err().to_string().contains("no scale 'huge'"));
+        assert!(load("nope")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown experiment"));
+    }
+
+    #[test]
+    fn the_paper_scale_is_the_papers_setting() {
+        let (_, runs) = expand(
+            &load("sc-vs-pc").unwrap(),
+            "paper",
+            Path::new("d"),
+            1,
+            "cpu",
+            Path::new("r"),
+        )
+        .unwrap();
+        let sc = &runs[0].config;
+        assert_eq!(
+            (sc.batch_size, sc.iterations, sc.model.name.as_str()),
+            (1000, Some(10_000), "resnet56")
+        );
+        assert_eq!(
+            sc.schedule,
+            crate::schedule::Schedule::paper_one_cycle(0.1, 3.0)
+        );
+        assert_eq!(sc.model.bn_momentum, 0.05);
+        let pc = &runs[1].config;
+        assert_eq!(pc.iterations, Some(80_000));
+        assert_eq!(pc.optimizer.weight_decay, 1e-4);
+    }
+
+    #[test]
+    fn experiments_share_runs_with_the_same_settings() {
+        let dirs = |e: &str| -> Vec<PathBuf> {
+            expand(
+                &load(e).unwrap(),
+                "cpu",
+                Path::new("d"),
+                1,
+                "cpu",
+                Path::new("r"),
+            )
+            .unwrap()
+            .1
+            .into_iter()
+            .map(|r| r.dir)
+            .collect()
+        };
+        let base = dirs("sc-vs-pc");
+        for other in ["train-size", "depth"] {
+            let d = dirs(other);
+            assert!(
+                base.iter().all(|b| d.contains(b)),
+                "{other} does not reuse the sc-vs-pc runs"
+            );
+        }
+        assert!(dirs("step-size").contains(&base[0]));
+    }
+}
