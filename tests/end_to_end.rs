@@ -1,0 +1,120 @@
+//! Train tiny -> export -> evaluate with the runtime -> compare with the trainer's own evaluation.
+
+use std::path::Path;
+
+use candle_core::Device;
+use sc_runtime::data::{write, Dataset, Split};
+use sc_runtime::Classifier;
+use sc_trainer::train::{fit, read_run_info, FitOptions, Net};
+
+/// CIFAR-10 records whose class is a colour (with noise), so a tiny net learns them quickly.
+fn cifar_dir(dir: &Path) {
+    let record = |i: usize| -> (u8, Vec<u8>) {
+        let c = (i % 10) as u8;
+        let mut px = vec![0u8; 3072];
+        for (k, p) in px.iter_mut().enumerate() {
+            let ch = k / 1024;
+            let base = [
+                c as usize * 20,
+                200 - c as usize * 20,
+                (c as usize * 70) % 200,
+            ][ch] as u8;
+            *p = base + ((i * 31 + k * 17) % 50) as u8;
+        }
+        (c, px)
+    };
+    for b in 1..=5 {
+        let recs: Vec<_> = (0..60).map(|i| record(i + 60 * b)).collect();
+        write::cifar10(&dir.join(format!("data_batch_{b}.bin")), &recs).unwrap();
+    }
+    let test: Vec<_> = (0..50).map(|i| record(i + 7)).collect();
+    write::cifar10(&dir.join("test_batch.bin"), &test).unwrap();
+}
+
+#[test]
+fn runtime_accuracy_equals_the_trainers_on_the_same_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("cifar");
+    std::fs::create_dir(&data).unwrap();
+    cifar_dir(&data);
+    let mut cfg = sc_trainer::cli::default_config();
+    cfg.model.name = "resnet8".into();
+    cfg.data.path = data.clone();
+    cfg.data.val_size = 50;
+    cfg.batch_size = 25;
+    cfg.iterations = Some(60);
+    cfg.epochs = None;
+    cfg.eval_every = 20;
+    cfg.schedule = sc_trainer::schedule::Schedule::paper_one_cycle(0.05, 0.4);
+    let run = tmp.path().join("run");
+    let opts = FitOptions {
+        progress: false,
+        ..FitOptions::default()
+    };
+    let summary = fit(cfg, &run, &opts).unwrap();
+
+    // The trainer's evaluation of its final weights on the test batch.
+    let info = read_run_info(&run).unwrap();
+    let net = Net::new(&info.arch, 0, &Device::Cpu).unwrap();
+    let ckpt = sc_trainer::checkpoint::load(&run, &Device::Cpu)
+        .unwrap()
+        .unwrap();
+    sc_trainer::checkpoint::restore(&net.vars(), &ckpt.weights, &ckpt.file).unwrap();
+    let test = Dataset::open(&data, Split::Test).unwrap();
+    let x = sc_trainer::data::normalize_all(&test, &info.normalization);
+    let y: Vec<u32> = test.labels.iter().map(|&l| l as u32).collect();
+    let (_, trainer_acc) = net.evaluate(&x, &y, (3, 32, 32), 17).unwrap();
+
+    // The runtime's, from the exported file alone.
+    let clf = Classifier::load(run.join("model.onnx")).unwrap();
+    assert_eq!(clf.classes()[0], "airplane");
+    let eval = clf.evaluate(&test).unwrap();
+    assert_eq!(eval.images, 50);
+    assert_eq!(
+        eval.accuracy, trainer_acc,
+        "runtime {} vs trainer {}",
+        eval.accuracy, trainer_acc
+    );
+    // And the export's recorded validation accuracy is the trainer's last one.
+    assert!(clf.metadata().is_some(), "our export carries sc.* metadata");
+    let onnx = std::fs::read(run.join("model.onnx")).unwrap();
+    let text = String::from_utf8_lossy(&onnx);
+    assert!(text.contains(&format!("{:.6}", summary.final_val_acc.unwrap())));
+    // Above chance: the pipeline learns, so the comparison is not between two constant answers.
+    assert!(
+        eval.accuracy > 0.3,
+        "accuracy {} (val {:?})",
+        eval.accuracy,
+        summary.final_val_acc
+    );
+}
+
+#[test]
+fn export_command_rewrites_the_same_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("cifar");
+    std::fs::create_dir(&data).unwrap();
+    cifar_dir(&data);
+    let mut cfg = sc_trainer::cli::default_config();
+    cfg.model.name = "resnet8".into();
+    cfg.data.path = data;
+    cfg.data.val_size = 50;
+    cfg.batch_size = 25;
+    cfg.iterations = Some(4);
+    cfg.epochs = None;
+    let run = tmp.path().join("run");
+    fit(
+        cfg,
+        &run,
+        &FitOptions {
+            progress: false,
+            ..FitOptions::default()
+        },
+    )
+    .unwrap();
+    let out = sc_trainer::export::export_run(&run, Some(tmp.path().join("again.onnx"))).unwrap();
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(run.join("model.onnx")).unwrap()
+    );
+}
