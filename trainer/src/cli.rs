@@ -32,6 +32,22 @@ pub enum Command {
     /// Test one of the paper's claims: sc-vs-pc (1, 2), train-size (3), depth (4), step-size (5),
     /// lr-range, or all; writes report.md / report.json / plots.
     Reproduce(ReproduceArgs),
+    /// Forward + backward of the same weights and batch on the CPU and on --device; prints the
+    /// largest relative differences (for checking a GPU build).
+    DeviceCheck {
+        /// cuda, cuda:N (or cpu, which must agree exactly).
+        #[arg(long, default_value = "cuda")]
+        device: String,
+        /// Network.
+        #[arg(long, default_value = "resnet20")]
+        model: String,
+        /// Images in the batch.
+        #[arg(long, default_value_t = 64)]
+        batch_size: usize,
+        /// Largest accepted difference, relative to each tensor's largest magnitude.
+        #[arg(long, default_value_t = 1e-3)]
+        tolerance: f32,
+    },
     /// Export a run's weights to ONNX (input `image` [N,C,H,W] in [0,1], output `logits`).
     Export {
         /// The run directory (runs/NAME).

@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod devcheck;
 pub mod device;
 pub mod export;
 pub mod io;

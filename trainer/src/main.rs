@@ -82,6 +82,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::DeviceCheck {
+            device,
+            model,
+            batch_size,
+            tolerance,
+        } => {
+            let r = sc_trainer::devcheck::check(&model, &device, batch_size, 0, tolerance)?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            if !r.ok {
+                anyhow::bail!(
+                    "{device} disagrees with the CPU beyond {tolerance}: logits {:.2e}, gradients {:.2e} ({})",
+                    r.logits_rel_diff,
+                    r.grad_rel_diff,
+                    r.worst_grad
+                );
+            }
+            Ok(())
+        }
         Command::Export { run_dir, out } => {
             let p = sc_trainer::export::export_run(&run_dir, out)?;
             println!("{}", p.display());
