@@ -31,19 +31,25 @@ fn cifar_dir(dir: &Path) {
     write::cifar10(&dir.join("test_batch.bin"), &test).unwrap();
 }
 
+/// ResNet-8, batches of 25, 50 validation images.
+fn tiny_config(data: &Path, iterations: usize) -> sc_trainer::config::TrainConfig {
+    let mut cfg = sc_trainer::cli::default_config();
+    cfg.model.name = "resnet8".into();
+    cfg.data.path = data.to_path_buf();
+    cfg.data.val_size = 50;
+    cfg.batch_size = 25;
+    cfg.iterations = Some(iterations);
+    cfg.epochs = None;
+    cfg
+}
+
 #[test]
 fn runtime_accuracy_equals_the_trainers_on_the_same_weights() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("cifar");
     std::fs::create_dir(&data).unwrap();
     cifar_dir(&data);
-    let mut cfg = sc_trainer::cli::default_config();
-    cfg.model.name = "resnet8".into();
-    cfg.data.path = data.clone();
-    cfg.data.val_size = 50;
-    cfg.batch_size = 25;
-    cfg.iterations = Some(60);
-    cfg.epochs = None;
+    let mut cfg = tiny_config(&data, 60);
     cfg.eval_every = 20;
     cfg.schedule = sc_trainer::schedule::Schedule::paper_one_cycle(0.05, 0.4);
     let run = tmp.path().join("run");
@@ -95,13 +101,7 @@ fn export_command_rewrites_the_same_model() {
     let data = tmp.path().join("cifar");
     std::fs::create_dir(&data).unwrap();
     cifar_dir(&data);
-    let mut cfg = sc_trainer::cli::default_config();
-    cfg.model.name = "resnet8".into();
-    cfg.data.path = data;
-    cfg.data.val_size = 50;
-    cfg.batch_size = 25;
-    cfg.iterations = Some(4);
-    cfg.epochs = None;
+    let cfg = tiny_config(&data, 4);
     let run = tmp.path().join("run");
     fit(
         cfg,
