@@ -95,7 +95,7 @@ impl ArchConfig {
                 MODEL_NAMES.join(", ")
             )
         })?;
-        if depth < 8 || (depth - 2) % 6 != 0 {
+        if depth < 8 || !(depth - 2).is_multiple_of(6) {
             return Err(format!(
                 "model '{name}': a CIFAR ResNet has depth 6n + 2 (20, 32, 44, 56, 110), not {depth}"
             ));
@@ -114,7 +114,7 @@ impl ArchConfig {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        if self.depth < 8 || (self.depth - 2) % 6 != 0 {
+        if self.depth < 8 || !(self.depth - 2).is_multiple_of(6) {
             return Err(format!(
                 "depth must be 6n + 2 with n >= 1 (20, 32, 44, 56, 110), got {}",
                 self.depth

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod init;
+pub mod kernels;
 pub mod onnx;
 pub mod ops;
 pub mod resnet;

@@ -90,9 +90,27 @@ impl ConvBn {
         })
     }
 
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = ops::conv2d(x, &self.weight, self.stride, self.padding)?;
-        self.bn.forward_t(&y, train)
+    /// `relu(bn(conv(x)))`.
+    fn forward_relu_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        ops::conv_bn(
+            x,
+            &self.weight,
+            &self.bn,
+            self.stride,
+            self.padding,
+            train,
+            None,
+            true,
+        )
+    }
+
+    fn parts(&self) -> ops::ConvBnParts<'_> {
+        ops::ConvBnParts {
+            weight: &self.weight,
+            bn: &self.bn,
+            stride: self.stride,
+            padding: self.padding,
+        }
     }
 }
 
@@ -107,7 +125,8 @@ enum BlockShortcut {
     Projection(ConvBn),
 }
 
-/// The basic residual block: conv3x3-BN-ReLU, conv3x3-BN, add the shortcut, ReLU.
+/// The basic residual block: conv3x3-BN-ReLU, conv3x3-BN, add the shortcut, ReLU (see
+/// [`ops::basic_block`]).
 #[derive(Debug, Clone)]
 pub struct BasicBlock {
     c1: ConvBn,
@@ -150,16 +169,14 @@ impl BasicBlock {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.c1.forward_t(x, train)?.relu()?;
-        let y = self.c2.forward_t(&y, train)?;
-        let s = match &self.shortcut {
-            BlockShortcut::Identity => x.clone(),
-            BlockShortcut::ZeroPad { out_channels } => {
-                ops::subsample_pad_channels(x, *out_channels)?
-            }
-            BlockShortcut::Projection(p) => p.forward_t(x, train)?,
+        let shortcut = match &self.shortcut {
+            BlockShortcut::Identity => ops::ShortcutParts::Identity,
+            BlockShortcut::ZeroPad { out_channels } => ops::ShortcutParts::Subsample {
+                out_channels: *out_channels,
+            },
+            BlockShortcut::Projection(p) => ops::ShortcutParts::Projection(p.parts()),
         };
-        (y + s)?.relu()
+        ops::basic_block(x, &self.c1.parts(), &self.c2.parts(), &shortcut, train)
     }
 }
 
@@ -230,7 +247,7 @@ impl ResNet {
 
 impl ModuleT for ResNet {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut x = self.stem.forward_t(x, train)?.relu()?;
+        let mut x = self.stem.forward_relu_t(x, train)?;
         for b in &self.blocks {
             x = b.forward_t(&x, train)?;
         }

@@ -1,0 +1,673 @@
+//! 2-D convolution (NCHW input, OIHW weight, no bias, square kernel, equal stride and zero padding
+//! on both axes): forward, input gradient and weight gradient, parallel over images.
+//!
+//! Two layouts feed the tiles of [`super::micro`]:
+//! - *flat* ("same" convolutions: stride 1, odd `k`, `pad = k / 2`): each channel is copied into
+//!   a zero-padded plane whose rows are `W + pad` wide (neighbouring rows share their padding
+//!   columns), so that every tap of the kernel is one constant shift of the flattened plane and
+//!   no im2col matrix is built. Outputs are computed on the same `H x (W + pad)` grid and the
+//!   padding columns dropped. The input gradient is the same kind of convolution (flipped,
+//!   transposed kernel) of the padded output gradient.
+//! - *col* (everything else, e.g. stride 2): an explicit im2col matrix per image; the input
+//!   gradient goes through the transposed product and col2im.
+//!
+//! Weight gradients use the channels-last copies (`src_t`, `dy_t`) and accumulate per fixed
+//! chunk of images, reduced in a fixed order: results do not depend on the thread count.
+
+use super::micro::{self, Isa, F_ROWS, LANES};
+use super::par;
+use super::scratch::{self, SendPtr};
+
+/// The shape of one convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geom {
+    pub n: usize,
+    pub cin: usize,
+    pub h: usize,
+    pub w: usize,
+    pub cout: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub ho: usize,
+    pub wo: usize,
+}
+
+fn round_up(v: usize, m: usize) -> usize {
+    v.div_ceil(m) * m
+}
+
+/// Copies a short row: an inlined loop (rows here are 8 to 32 values; a `memcpy` call per row
+/// costs more than the copy).
+#[inline(always)]
+#[allow(clippy::manual_memcpy)] // the point: no memcpy call
+fn copy_row(dst: &mut [f32], src: &[f32]) {
+    let n = dst.len();
+    let src = &src[..n];
+    for i in 0..n {
+        dst[i] = src[i];
+    }
+}
+
+/// The output columns `ow` whose input column `ow · s + kw - pad` lies in `0..w`.
+fn valid_cols(wo: usize, w: usize, s: usize, kw: usize, pad: usize) -> std::ops::Range<usize> {
+    // ow · s + kw >= pad  and  ow · s + kw < w + pad
+    let lo = pad.saturating_sub(kw).div_ceil(s);
+    let hi = if w + pad > kw {
+        (w + pad - kw).div_ceil(s)
+    } else {
+        0
+    };
+    lo.min(wo)..hi.min(wo).max(lo.min(wo))
+}
+
+impl Geom {
+    /// `None` when the output would be empty or the stride is zero.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        n: usize,
+        cin: usize,
+        h: usize,
+        w: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Option<Geom> {
+        if stride == 0 || k == 0 || h + 2 * pad < k || w + 2 * pad < k {
+            return None;
+        }
+        let ho = (h + 2 * pad - k) / stride + 1;
+        let wo = (w + 2 * pad - k) / stride + 1;
+        if n == 0 || cin == 0 || cout == 0 {
+            return None;
+        }
+        Some(Geom {
+            n,
+            cin,
+            h,
+            w,
+            cout,
+            k,
+            stride,
+            pad,
+            ho,
+            wo,
+        })
+    }
+
+    /// Output pixels per channel.
+    pub fn p(&self) -> usize {
+        self.ho * self.wo
+    }
+
+    /// Input pixels per channel.
+    pub fn hw(&self) -> usize {
+        self.h * self.w
+    }
+
+    fn kk(&self) -> usize {
+        self.k * self.k
+    }
+
+    fn flat(&self) -> bool {
+        self.stride == 1 && self.k % 2 == 1 && self.pad == self.k / 2
+    }
+
+    /// Stride 2 with a 3x3 kernel and padding 1, or 1x1 and padding 0: the [`Parity`] layout.
+    fn parity(&self) -> bool {
+        self.stride == 2 && ((self.k == 3 && self.pad == 1) || (self.k == 1 && self.pad == 0))
+    }
+
+    /// The flat layout of the output grid (`ho x wo`, row pitch `wo + 1`): where the parity path
+    /// keeps the output gradient.
+    fn out_grid(&self) -> Flat {
+        let mut og = *self;
+        (og.h, og.w, og.k, og.pad, og.stride) = (self.ho, self.wo, 3, 1, 1);
+        Flat::new(&og)
+    }
+
+    /// Multiply-adds of one pass (forward, or either gradient).
+    pub fn macs(&self) -> u64 {
+        (self.n * self.cout * self.p() * self.cin * self.kk()) as u64
+    }
+}
+
+/// The padded plane layout of the flat path (also used for the output gradient, which has the
+/// same size as the input there).
+#[derive(Debug, Clone, Copy)]
+struct Flat {
+    /// Row pitch: `W + pad`.
+    wp: usize,
+    /// Leading zeros before the first plane.
+    front: usize,
+    /// Values per channel plane.
+    plane: usize,
+    /// Grid positions computed per channel: `H · wp`.
+    pg: usize,
+    /// `pg` rounded up to the tile width.
+    pt: usize,
+}
+
+impl Flat {
+    fn new(g: &Geom) -> Flat {
+        let wp = g.w + g.pad;
+        let front = g.pad;
+        // Zero slack after each plane: reading a whole tile row past the last grid position
+        // (the weight gradient's dot products) stays inside the plane and reads zeros.
+        let plane = front + (g.h + 2 * g.pad) * wp + LANES;
+        let pg = g.h * wp;
+        Flat {
+            wp,
+            front,
+            plane,
+            pg,
+            pt: round_up(pg, LANES),
+        }
+    }
+
+    /// Length of a padded buffer of `c` planes, with slack for the last tile's over-read.
+    fn len(&self, c: usize, k: usize) -> usize {
+        c * self.plane + (self.pt - self.pg) + k * self.wp + k + LANES
+    }
+
+    /// Offset of tap (kh, kw) of channel `c` relative to grid position 0.
+    fn off(&self, c: usize, kh: usize, kw: usize, k: usize) -> isize {
+        (c * self.plane + self.front + kh * self.wp + kw) as isize - (k / 2) as isize
+    }
+
+    /// Copies one image `src[c][r][col]` (`c` channels of `h x w`) into the padded planes.
+    fn fill(&self, src: &[f32], c: usize, h: usize, w: usize, pad: usize, dst: &mut [f32]) {
+        for ci in 0..c {
+            for r in 0..h {
+                let s = &src[(ci * h + r) * w..][..w];
+                let d = ci * self.plane + self.front + (r + pad) * self.wp;
+                copy_row(&mut dst[d..d + w], s);
+            }
+        }
+    }
+}
+
+/// Stride-2 layout: each input channel split into its four parity planes
+/// `P[a][b][i][j] = x[2i + a][2j + b]`, each stored like a [`Flat`] plane on the output grid
+/// (row pitch `wo + 1`, one zero row above, zero rows and columns beyond the data). Tap (kh, kw)
+/// of a stride-2 convolution reads plane (a, b) = ((kh - pad) mod 2, (kw - pad) mod 2) shifted by
+/// (⌊(kh - pad) / 2⌋, ⌊(kw - pad) / 2⌋) ∈ {-1, 0}²: a constant offset again, no im2col.
+#[derive(Debug, Clone, Copy)]
+struct Parity {
+    grid: Flat,
+}
+
+impl Parity {
+    fn new(g: &Geom) -> Parity {
+        Parity { grid: g.out_grid() }
+    }
+
+    fn len(&self, c: usize) -> usize {
+        4 * c * self.grid.plane + (self.grid.pt - self.grid.pg) + 2 * self.grid.wp + LANES
+    }
+
+    fn off(&self, ci: usize, kh: usize, kw: usize, pad: usize) -> isize {
+        let (th, tw) = (kh as isize - pad as isize, kw as isize - pad as isize);
+        let (a, b) = (th.rem_euclid(2) as usize, tw.rem_euclid(2) as usize);
+        let (sh, sw) = (th.div_euclid(2), tw.div_euclid(2));
+        let fl = &self.grid;
+        ((ci * 4 + a * 2 + b) * fl.plane + fl.front) as isize + (sh + 1) * fl.wp as isize + sw
+    }
+
+    /// Splits one image (`c` channels of `h x w`) into the parity planes.
+    fn fill(&self, src: &[f32], c: usize, h: usize, w: usize, dst: &mut [f32]) {
+        let fl = &self.grid;
+        for ci in 0..c {
+            for r in 0..h {
+                let row = &src[(ci * h + r) * w..][..w];
+                let (a, i) = (r % 2, r / 2);
+                for b in 0..2 {
+                    let d = (ci * 4 + a * 2 + b) * fl.plane + fl.front + (i + 1) * fl.wp;
+                    let dst_row = &mut dst[d..d + w.saturating_sub(b).div_ceil(2)];
+                    for (j, v) in dst_row.iter_mut().enumerate() {
+                        *v = row[2 * j + b];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A-operand of the forward tile: `[row tile][s = (ci, kh, kw)][8 output channels]`.
+fn pack_forward(g: &Geom, w: &[f32]) -> Vec<f32> {
+    let s_len = g.cin * g.kk();
+    let tiles = g.cout.div_ceil(F_ROWS);
+    let mut a = vec![0f32; tiles * s_len * F_ROWS];
+    for co in 0..g.cout {
+        let (t, j) = (co / F_ROWS, co % F_ROWS);
+        for s in 0..s_len {
+            a[(t * s_len + s) * F_ROWS + j] = w[co * s_len + s];
+        }
+    }
+    a
+}
+
+/// A-operand of the flat input-gradient tile: rows are input channels, `s = (co, kh', kw')`
+/// over the flipped kernel.
+fn pack_backward_flat(g: &Geom, w: &[f32]) -> Vec<f32> {
+    let (kk, k) = (g.kk(), g.k);
+    let s_len = g.cout * kk;
+    let tiles = g.cin.div_ceil(F_ROWS);
+    let mut a = vec![0f32; tiles * s_len * F_ROWS];
+    for ci in 0..g.cin {
+        let (t, j) = (ci / F_ROWS, ci % F_ROWS);
+        for co in 0..g.cout {
+            for kh in 0..k {
+                for kw in 0..k {
+                    let s = co * kk + (k - 1 - kh) * k + (k - 1 - kw);
+                    a[(t * s_len + s) * F_ROWS + j] = w[((co * g.cin + ci) * k + kh) * k + kw];
+                }
+            }
+        }
+    }
+    a
+}
+
+/// A-operand of the col input-gradient tile: rows are `(ci, kh, kw)`, `s = co`.
+fn pack_backward_col(g: &Geom, w: &[f32]) -> Vec<f32> {
+    let kdim = g.cin * g.kk();
+    let tiles = kdim.div_ceil(F_ROWS);
+    let mut a = vec![0f32; tiles * g.cout * F_ROWS];
+    for co in 0..g.cout {
+        for kx in 0..kdim {
+            let (t, j) = (kx / F_ROWS, kx % F_ROWS);
+            a[(t * g.cout + co) * F_ROWS + j] = w[co * kdim + kx];
+        }
+    }
+    a
+}
+
+/// `out[rt·8 + r][0..pt] = Σ_s a[rt][s][r] · b[offs[s] + ·]` for every row tile.
+fn run_f(
+    isa: Isa,
+    a: &[f32],
+    row_tiles: usize,
+    offs: &[isize],
+    b: &[f32],
+    pt: usize,
+    out: &mut [f32],
+) {
+    let s_len = offs.len();
+    debug_assert!(a.len() >= row_tiles * s_len * F_ROWS);
+    debug_assert!(out.len() >= row_tiles * F_ROWS * pt);
+    debug_assert!(offs.iter().all(|&o| o >= 0 && o as usize + pt <= b.len()));
+    for rt in 0..row_tiles {
+        let ap = a[rt * s_len * F_ROWS..].as_ptr();
+        let mut p0 = 0;
+        while p0 < pt {
+            let nv = ((pt - p0) / LANES).min(micro::F_MAX_NV);
+            // SAFETY: the debug assertions above: every offset plus `pt` stays inside `b`, `a`
+            // holds this tile's `s_len · 8` values and `out` its 8 rows of `pt`.
+            unsafe {
+                micro::f_tile(
+                    isa,
+                    nv,
+                    ap,
+                    offs,
+                    b.as_ptr().add(p0),
+                    out.as_mut_ptr().add(rt * F_ROWS * pt + p0),
+                    pt,
+                );
+            }
+            p0 += nv * LANES;
+        }
+    }
+}
+
+/// im2col of one image: `col[(ci, kh, kw)][p]`, rows `pt` long (the tail stays zero).
+fn im2col(g: &Geom, x: &[f32], pt: usize, col: &mut [f32]) {
+    let (k, s, pad) = (g.k, g.stride, g.pad);
+    for ci in 0..g.cin {
+        let plane = &x[ci * g.hw()..][..g.hw()];
+        for kh in 0..k {
+            for kw in 0..k {
+                let row = &mut col[((ci * k + kh) * k + kw) * pt..][..g.p()];
+                let cols = valid_cols(g.wo, g.w, s, kw, pad);
+                for oh in 0..g.ho {
+                    let ih = oh * s + kh;
+                    let dst = &mut row[oh * g.wo..][..g.wo];
+                    if ih < pad || ih >= g.h + pad {
+                        dst.fill(0.0);
+                        continue;
+                    }
+                    let src = &plane[(ih - pad) * g.w..][..g.w];
+                    dst[..cols.start].fill(0.0);
+                    dst[cols.end..].fill(0.0);
+                    for ow in cols.clone() {
+                        dst[ow] = src[ow * s + kw - pad];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Forward: `y[n][co][p] = Σ x ⋆ w`. `hook(n, y_n)` runs on each image's output while it is hot
+/// (for BatchNorm statistics).
+pub fn forward(g: &Geom, x: &[f32], w: &[f32], y: &mut [f32], hook: impl Fn(usize, &[f32]) + Sync) {
+    let isa = micro::isa();
+    let (cin_hw, out_img) = (g.cin * g.hw(), g.cout * g.p());
+    assert_eq!(x.len(), g.n * cin_hw);
+    assert_eq!(w.len(), g.cout * g.cin * g.kk());
+    assert_eq!(y.len(), g.n * out_img);
+    let a = pack_forward(g, w);
+    let row_tiles = g.cout.div_ceil(F_ROWS);
+    if g.flat() {
+        let fl = Flat::new(g);
+        let offs: Vec<isize> = (0..g.cin)
+            .flat_map(|ci| (0..g.k).flat_map(move |kh| (0..g.k).map(move |kw| (ci, kh, kw))))
+            .map(|(ci, kh, kw)| fl.off(ci, kh, kw, g.k))
+            .collect();
+        let len = fl.len(g.cin, g.k);
+        let key = scratch::key(&[1, g.cin, g.h, g.w, g.k]);
+        par::chunks_mut(y, out_img, |n, y_n| {
+            scratch::with(|s| {
+                let src = s.src.zeroed(len, key);
+                fl.fill(&x[n * cin_hw..][..cin_hw], g.cin, g.h, g.w, g.pad, src);
+                let out = s.out.any(row_tiles * F_ROWS * fl.pt);
+                run_f(isa, &a, row_tiles, &offs, src, fl.pt, out);
+                for co in 0..g.cout {
+                    for r in 0..g.ho {
+                        copy_row(
+                            &mut y_n[(co * g.ho + r) * g.wo..][..g.wo],
+                            &out[co * fl.pt + r * fl.wp..],
+                        );
+                    }
+                }
+            });
+            hook(n, y_n);
+        });
+    } else if g.parity() {
+        let par_l = Parity::new(g);
+        let fl = par_l.grid;
+        let offs: Vec<isize> = (0..g.cin)
+            .flat_map(|ci| (0..g.k).flat_map(move |kh| (0..g.k).map(move |kw| (ci, kh, kw))))
+            .map(|(ci, kh, kw)| par_l.off(ci, kh, kw, g.pad))
+            .collect();
+        let len = par_l.len(g.cin);
+        let key = scratch::key(&[11, g.cin, g.h, g.w, g.k]);
+        par::chunks_mut(y, out_img, |n, y_n| {
+            scratch::with(|s| {
+                let src = s.src.zeroed(len, key);
+                par_l.fill(&x[n * cin_hw..][..cin_hw], g.cin, g.h, g.w, src);
+                let out = s.out.any(row_tiles * F_ROWS * fl.pt);
+                run_f(isa, &a, row_tiles, &offs, src, fl.pt, out);
+                for co in 0..g.cout {
+                    for r in 0..g.ho {
+                        copy_row(
+                            &mut y_n[(co * g.ho + r) * g.wo..][..g.wo],
+                            &out[co * fl.pt + r * fl.wp..],
+                        );
+                    }
+                }
+            });
+            hook(n, y_n);
+        });
+    } else {
+        let pt = round_up(g.p(), LANES);
+        let kdim = g.cin * g.kk();
+        let offs: Vec<isize> = (0..kdim).map(|s| (s * pt) as isize).collect();
+        let key = scratch::key(&[2, g.cin, g.h, g.w, g.k, g.stride, g.pad]);
+        par::chunks_mut(y, out_img, |n, y_n| {
+            scratch::with(|s| {
+                let col = s.src.zeroed(kdim * pt, key);
+                im2col(g, &x[n * cin_hw..][..cin_hw], pt, col);
+                let out = s.out.any(row_tiles * F_ROWS * pt);
+                run_f(isa, &a, row_tiles, &offs, col, pt, out);
+                for co in 0..g.cout {
+                    y_n[co * g.p()..][..g.p()].copy_from_slice(&out[co * pt..][..g.p()]);
+                }
+            });
+            hook(n, y_n);
+        });
+    }
+}
+
+/// Number of image chunks the weight gradient is split into (fixed, so the summation order is).
+fn chunks(n: usize) -> usize {
+    n.min(16)
+}
+
+/// Bytes of per-image buffers the weight gradient batches together (their dot products then
+/// run over several images before the lanes are summed).
+const DOT_BATCH_BYTES: usize = 512 << 10;
+
+/// Backward: `dx` (when asked) and `dw` (overwritten) from the output gradient, which
+/// `dy(n, buf)` writes into `buf` (`cout · ho · wo` values, NCHW) for image `n`.
+/// `dx_hook(n, dx_n)` runs on each image's input gradient once written (to add other paths'
+/// gradients while it is in cache).
+///
+/// Per image, the output gradient is laid out like the forward pass's input (padded planes, or
+/// rows of `pt` values), the input gradient is an [`micro::f_tile`] pass over it, and the weight
+/// gradient is a block of dot products ([`micro::dot_tile`]) between the input's tap rows and the
+/// output gradient's channel rows, accumulated per fixed chunk of images.
+pub fn backward(
+    g: &Geom,
+    x: &[f32],
+    w: &[f32],
+    dx: Option<&mut [f32]>,
+    dw: &mut [f32],
+    dy: impl Fn(usize, &mut [f32]) + Sync,
+    dx_hook: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    use micro::{DOT_C, DOT_R};
+    let isa = micro::isa();
+    let (cin_hw, out_img, kk) = (g.cin * g.hw(), g.cout * g.p(), g.kk());
+    assert_eq!(x.len(), g.n * cin_hw);
+    assert_eq!(w.len(), g.cout * g.cin * kk);
+    assert_eq!(dw.len(), w.len());
+    if let Some(dx) = &dx {
+        assert_eq!(dx.len(), x.len());
+    }
+    let dx_ptr = dx.map(|d| SendPtr(d.as_mut_ptr()));
+    let flat = g.flat();
+    let s_len = g.cin * kk;
+    let (rows, cols) = (round_up(s_len, DOT_R), round_up(g.cout, DOT_C));
+    let parity = !flat && g.parity();
+    let fl = Flat::new(g);
+    let par_l = Parity::new(g);
+    // The output gradient's layout on the parity path: padded planes on the output grid.
+    let og = par_l.grid;
+    let pt = if flat {
+        fl.pt
+    } else if parity {
+        og.pt
+    } else {
+        round_up(g.p(), LANES)
+    };
+    let taps = |f: &dyn Fn(usize, usize, usize) -> isize, c: usize| -> Vec<isize> {
+        let mut v = Vec::with_capacity(c * kk);
+        for ci in 0..c {
+            for kh in 0..g.k {
+                for kw in 0..g.k {
+                    v.push(f(ci, kh, kw));
+                }
+            }
+        }
+        v
+    };
+    // Per-image buffer lengths, the input's tap rows and the gradient's channel rows.
+    let (x_len, dy_len, xoffs, doffs): (usize, usize, Vec<isize>, Vec<isize>) = if flat {
+        let xo = taps(&|ci, kh, kw| fl.off(ci, kh, kw, g.k), g.cin);
+        let d0 = fl.front + g.pad * fl.wp;
+        let dof = (0..g.cout)
+            .map(|co| (co * fl.plane + d0) as isize)
+            .collect();
+        (fl.len(g.cin, g.k), fl.len(g.cout, g.k), xo, dof)
+    } else if parity {
+        let xo = taps(&|ci, kh, kw| par_l.off(ci, kh, kw, g.pad), g.cin);
+        let d0 = og.front + og.wp;
+        let dof = (0..g.cout)
+            .map(|co| (co * og.plane + d0) as isize)
+            .collect();
+        (par_l.len(g.cin), og.len(g.cout, 3), xo, dof)
+    } else {
+        let xo = (0..s_len).map(|s| (s * pt) as isize).collect();
+        let dof = (0..g.cout).map(|co| (co * pt) as isize).collect();
+        (s_len * pt, g.cout * pt, xo, dof)
+    };
+    // The input-gradient pass: A operand and offsets into one image's gradient buffer.
+    let (a, a_tiles, f_offs) = if flat {
+        let offs = taps(&|co, kh, kw| fl.off(co, kh, kw, g.k), g.cout);
+        (pack_backward_flat(g, w), g.cin.div_ceil(F_ROWS), offs)
+    } else {
+        // Transposed product onto an im2col-shaped buffer, then col2im.
+        let offs = doffs.clone();
+        (pack_backward_col(g, w), s_len.div_ceil(F_ROWS), offs)
+    };
+    let nchunks = chunks(g.n);
+    let per = g.n.div_ceil(nchunks);
+    let sub = (DOT_BATCH_BYTES / (4 * (x_len + dy_len))).clamp(1, per);
+    let keys = [
+        scratch::key(&[
+            9,
+            flat as usize + 2 * parity as usize,
+            g.cin,
+            g.h,
+            g.w,
+            g.k,
+            g.stride,
+            g.pad,
+            sub,
+        ]),
+        scratch::key(&[
+            10,
+            flat as usize + 2 * parity as usize,
+            g.cout,
+            g.h,
+            g.w,
+            g.k,
+            g.stride,
+            g.pad,
+            g.ho,
+            g.wo,
+            sub,
+        ]),
+    ];
+
+    let partials: Vec<Vec<f32>> = par::map(nchunks, |c| {
+        let mut acc = vec![0f32; rows * cols];
+        let (first, last) = (c * per, ((c + 1) * per).min(g.n));
+        scratch::with(|s| {
+            let xb = s.src_t.zeroed(sub * x_len, keys[0]);
+            let db = s.dy_t.zeroed(sub * dy_len, keys[1]);
+            let mut i0 = first;
+            while i0 < last {
+                let cnt = sub.min(last - i0);
+                for j in 0..cnt {
+                    let n = i0 + j;
+                    let img = s.dy_img.any(out_img);
+                    dy(n, img);
+                    let (xj, dj) = (
+                        &mut xb[j * x_len..][..x_len],
+                        &mut db[j * dy_len..][..dy_len],
+                    );
+                    let xn = &x[n * cin_hw..][..cin_hw];
+                    if flat {
+                        fl.fill(xn, g.cin, g.h, g.w, g.pad, xj);
+                        fl.fill(img, g.cout, g.h, g.w, g.pad, dj);
+                    } else if parity {
+                        par_l.fill(xn, g.cin, g.h, g.w, xj);
+                        og.fill(img, g.cout, g.ho, g.wo, 1, dj);
+                    } else {
+                        im2col(g, xn, pt, xj);
+                        for co in 0..g.cout {
+                            dj[co * pt..][..g.p()].copy_from_slice(&img[co * g.p()..][..g.p()]);
+                        }
+                    }
+                    if let Some(dxp) = dx_ptr {
+                        let out = s.out.any(a_tiles * F_ROWS * pt);
+                        run_f(isa, &a, a_tiles, &f_offs, dj, pt, out);
+                        // SAFETY: image n's slice of dx, written by this task only.
+                        let dxn = unsafe {
+                            std::slice::from_raw_parts_mut(dxp.get().add(n * cin_hw), cin_hw)
+                        };
+                        if flat {
+                            for ci in 0..g.cin {
+                                for r in 0..g.h {
+                                    copy_row(
+                                        &mut dxn[(ci * g.h + r) * g.w..][..g.w],
+                                        &out[ci * pt + r * fl.wp..],
+                                    );
+                                }
+                            }
+                        } else {
+                            let pitch = if parity { og.wp } else { g.wo };
+                            col2im(g, out, pt, pitch, dxn);
+                        }
+                        dx_hook(n, dxn);
+                    }
+                }
+                // Weight gradient: dot products of tap rows and gradient rows over these images.
+                let xp: Vec<*const f32> = (0..cnt).map(|j| xb[j * x_len..].as_ptr()).collect();
+                let dp: Vec<*const f32> = (0..cnt).map(|j| db[j * dy_len..].as_ptr()).collect();
+                for r0 in (0..rows).step_by(DOT_R) {
+                    let xo: [isize; DOT_R] =
+                        std::array::from_fn(|r| xoffs[(r0 + r).min(s_len - 1)]);
+                    for c0 in (0..cols).step_by(DOT_C) {
+                        let dof: [isize; DOT_C] =
+                            std::array::from_fn(|q| doffs[(c0 + q).min(g.cout - 1)]);
+                        debug_assert!(xo.iter().all(|&o| o >= 0 && o as usize + pt <= x_len));
+                        debug_assert!(dof.iter().all(|&o| o >= 0 && o as usize + pt <= dy_len));
+                        // SAFETY: every row read stays inside its image's buffer (the
+                        // assertions above), and `acc` holds rows x cols values.
+                        unsafe {
+                            micro::dot_tile(
+                                isa,
+                                &xp,
+                                &xo,
+                                &dp,
+                                &dof,
+                                pt / LANES,
+                                acc.as_mut_ptr().add(r0 * cols + c0),
+                                cols,
+                            );
+                        }
+                    }
+                }
+                i0 += cnt;
+            }
+        });
+        acc
+    });
+
+    // dw[co][s] = Σ over chunks, in chunk order.
+    for co in 0..g.cout {
+        for sx in 0..s_len {
+            dw[co * s_len + sx] = partials.iter().map(|p| p[sx * cols + co]).sum();
+        }
+    }
+}
+
+/// col2im of one image: `dx[ci][ih][iw] = Σ dcol[(ci, kh, kw)][oh · pitch + ow]` over the taps
+/// that read it.
+fn col2im(g: &Geom, dcol: &[f32], pt: usize, pitch: usize, dx: &mut [f32]) {
+    dx.fill(0.0);
+    let (k, s, pad) = (g.k, g.stride, g.pad);
+    for ci in 0..g.cin {
+        let plane = &mut dx[ci * g.hw()..][..g.hw()];
+        for kh in 0..k {
+            for kw in 0..k {
+                let row = &dcol[((ci * k + kh) * k + kw) * pt..][..pt];
+                let cols = valid_cols(g.wo, g.w, s, kw, pad);
+                for oh in 0..g.ho {
+                    let ih = oh * s + kh;
+                    if ih < pad || ih >= g.h + pad {
+                        continue;
+                    }
+                    let dst = &mut plane[(ih - pad) * g.w..][..g.w];
+                    let src = &row[oh * pitch..][..g.wo];
+                    for ow in cols.clone() {
+                        dst[ow * s + kw - pad] += src[ow];
+                    }
+                }
+            }
+        }
+    }
+}
