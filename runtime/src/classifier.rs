@@ -207,6 +207,19 @@ impl Classifier {
         Ok(self.split(flat))
     }
 
+    /// One image as the graph takes it: `C * H * W` values after colour conversion, resizing and
+    /// scaling (what [`Classifier::logits`] feeds the model; see [`Classifier::input`]).
+    pub fn preprocess(&self, image: &DynamicImage) -> Result<Vec<f32>> {
+        let mut out = vec![0.0; self.transform.image_len()];
+        self.transform
+            .image(image, &mut out)
+            .map_err(|problem| RuntimeError::Image {
+                path: PathBuf::from("image"),
+                problem,
+            })?;
+        Ok(out)
+    }
+
     /// Logits for input that is already preprocessed: `n` images of `C * H * W` values each,
     /// exactly what the graph takes.
     pub fn logits_for_input(&self, input: &[f32]) -> Result<Vec<Vec<f32>>> {

@@ -32,7 +32,61 @@ pub(crate) enum Describe {
     Raw,
 }
 
+/// Largest input height or width the runtime accepts from a model's metadata, its graph or the
+/// caller: far above any image classifier's, and it bounds the buffers allocated per image.
+pub const MAX_INPUT_SIDE: usize = 4096;
+/// Largest number of input values in one run (the graph's fixed batch x C x H x W): 2^28 floats,
+/// 1 GiB.
+pub const MAX_RUN_VALUES: usize = 1 << 28;
+
+/// Resolves the input and checks that its buffers can be allocated: a model that declares a huge
+/// input must be refused at load, not abort the process when the first image is prepared.
 pub(crate) fn resolve(
+    info: &ModelInfo,
+    metadata: Option<&ModelMetadata>,
+    describe: &Describe,
+) -> Result<Resolved> {
+    let r = resolve_unchecked(info, metadata, describe)?;
+    let path = info.path.as_path();
+    let (c, h, w) = (r.input.channels, r.input.height, r.input.width);
+    let from_source = |problem: String| match (describe, metadata) {
+        (Describe::Given(_), _) => preprocessing(path, problem),
+        (_, Some(_)) => RuntimeError::Metadata {
+            path: path.to_path_buf(),
+            key: "sc.input".into(),
+            problem,
+        },
+        _ => RuntimeError::Contract {
+            path: path.to_path_buf(),
+            problem,
+        },
+    };
+    if h > MAX_INPUT_SIDE || w > MAX_INPUT_SIDE {
+        return Err(from_source(format!(
+            "input size {h}x{w} is larger than the {MAX_INPUT_SIDE} pixels per side the runtime accepts"
+        )));
+    }
+    let per_image = c.saturating_mul(h).saturating_mul(w);
+    if per_image > MAX_RUN_VALUES {
+        return Err(from_source(format!(
+            "an input of [{c}, {h}, {w}] is more than the {MAX_RUN_VALUES} values the runtime accepts"
+        )));
+    }
+    if let Some(b) = r.fixed_batch {
+        if b.saturating_mul(per_image) > MAX_RUN_VALUES {
+            return Err(RuntimeError::Contract {
+                path: path.to_path_buf(),
+                problem: format!(
+                    "the graph fixes the batch at {b}: {b} x [{c}, {h}, {w}] input values are more \
+                     than the {MAX_RUN_VALUES} the runtime allocates for one run"
+                ),
+            });
+        }
+    }
+    Ok(r)
+}
+
+fn resolve_unchecked(
     info: &ModelInfo,
     metadata: Option<&ModelMetadata>,
     describe: &Describe,

@@ -295,10 +295,34 @@ pub fn read_cifar_file(
     class_names: Option<Vec<String>>,
 ) -> Result<Dataset> {
     let bytes = read_file(path)?;
+    read_cifar_bytes(&bytes, format, class_names, path)
+}
+
+/// Parses CIFAR binary records held in memory (what [`read_cifar_file`] does after reading the
+/// file); `source` names them in errors. `class_names`, when given, must hold 10 (CIFAR-10) or 100
+/// (CIFAR-100) names.
+pub fn read_cifar_bytes(
+    bytes: &[u8],
+    format: CifarFormat,
+    class_names: Option<Vec<String>>,
+    source: &Path,
+) -> Result<Dataset> {
+    let path = source;
     let (label_bytes, classes) = match format {
         CifarFormat::Cifar10 => (1, 10),
         CifarFormat::Cifar100 => (2, 100),
     };
+    if let Some(names) = &class_names {
+        if names.len() != classes {
+            return Err(DataError::format(
+                path,
+                format!(
+                    "{} class names given for CIFAR-{classes}, which has {classes}",
+                    names.len()
+                ),
+            ));
+        }
+    }
     let record = label_bytes + CIFAR_PIXELS;
     if bytes.is_empty() {
         return Err(DataError::format(
@@ -306,7 +330,7 @@ pub fn read_cifar_file(
             "empty file, expected CIFAR records",
         ));
     }
-    if bytes.len() % record != 0 {
+    if !bytes.len().is_multiple_of(record) {
         return Err(DataError::format(
             path,
             format!(
@@ -387,11 +411,16 @@ fn open_maybe_gz(path: &Path) -> Result<Box<dyn Read>> {
     if meta.is_dir() {
         return Err(DataError::format(path, "is a directory, expected a file"));
     }
-    let mut f = BufReader::new(File::open(path).map_err(|e| DataError::io(path, e))?);
+    let f = BufReader::new(File::open(path).map_err(|e| DataError::io(path, e))?);
+    maybe_gz(f).map_err(|e| DataError::io(path, e))
+}
+
+/// `r`, gunzipped when it starts with the gzip magic.
+fn maybe_gz<'a, R: Read + 'a>(mut r: R) -> std::io::Result<Box<dyn Read + 'a>> {
     let mut magic = [0u8; 2];
-    let n = read_up_to(&mut f, &mut magic).map_err(|e| DataError::io(path, e))?;
+    let n = read_up_to(&mut r, &mut magic)?;
     let head = std::io::Cursor::new(magic[..n].to_vec());
-    let chained = head.chain(f);
+    let chained = head.chain(r);
     if n == 2 && magic == [0x1f, 0x8b] {
         Ok(Box::new(flate2::read::GzDecoder::new(chained)))
     } else {
@@ -465,8 +494,35 @@ fn read_idx_header(r: &mut dyn Read, path: &Path, kind: IdxKind) -> Result<Vec<u
 
 /// Reads an IDX images file and its labels file into one data set (1 channel).
 pub fn read_idx_pair(images_path: &Path, labels_path: &Path) -> Result<Dataset> {
-    let mut r = open_maybe_gz(images_path)?;
-    let dims = read_idx_header(&mut *r, images_path, IdxKind::Images)?;
+    let (images, [n, h, w]) = read_idx_images(&mut *open_maybe_gz(images_path)?, images_path)?;
+    let labels = read_idx_labels(
+        &mut *open_maybe_gz(labels_path)?,
+        labels_path,
+        n,
+        images_path,
+    )?;
+    idx_dataset(images, labels, [h, w], images_path, labels_path)
+}
+
+/// Parses an IDX images file and labels file held in memory (gzip or raw), as [`read_idx_pair`]
+/// does after opening the files; the paths name them in errors (and `fashion` in the images path
+/// selects Fashion-MNIST's class names).
+pub fn read_idx_bytes(
+    images: &[u8],
+    labels: &[u8],
+    images_path: &Path,
+    labels_path: &Path,
+) -> Result<Dataset> {
+    let mut r = maybe_gz(images).map_err(|e| DataError::io(images_path, e))?;
+    let (images, [n, h, w]) = read_idx_images(&mut *r, images_path)?;
+    let mut r = maybe_gz(labels).map_err(|e| DataError::io(labels_path, e))?;
+    let labels = read_idx_labels(&mut *r, labels_path, n, images_path)?;
+    idx_dataset(images, labels, [h, w], images_path, labels_path)
+}
+
+/// The pixels of an IDX images stream and its `[n, h, w]`.
+fn read_idx_images(r: &mut dyn Read, images_path: &Path) -> Result<(Vec<u8>, [u64; 3])> {
+    let dims = read_idx_header(r, images_path, IdxKind::Images)?;
     let (n, h, w) = (dims[0] as u64, dims[1] as u64, dims[2] as u64);
     if n == 0 || h == 0 || w == 0 {
         return Err(DataError::format(
@@ -480,10 +536,18 @@ pub fn read_idx_pair(images_path: &Path, labels_path: &Path) -> Result<Dataset> 
             format!("implausible IDX dimensions {n} x {h} x {w}"),
         ));
     }
-    let images = read_payload(&mut *r, n * h * w, images_path)?;
+    let images = read_payload(r, n * h * w, images_path)?;
+    Ok((images, [n, h, w]))
+}
 
-    let mut r = open_maybe_gz(labels_path)?;
-    let ldims = read_idx_header(&mut *r, labels_path, IdxKind::Labels)?;
+/// The `n` labels of an IDX labels stream.
+fn read_idx_labels(
+    r: &mut dyn Read,
+    labels_path: &Path,
+    n: u64,
+    images_path: &Path,
+) -> Result<Vec<u8>> {
+    let ldims = read_idx_header(r, labels_path, IdxKind::Labels)?;
     if ldims[0] as u64 != n {
         return Err(DataError::format(
             labels_path,
@@ -494,7 +558,16 @@ pub fn read_idx_pair(images_path: &Path, labels_path: &Path) -> Result<Dataset> 
             ),
         ));
     }
-    let labels = read_payload(&mut *r, n, labels_path)?;
+    read_payload(r, n, labels_path)
+}
+
+fn idx_dataset(
+    images: Vec<u8>,
+    labels: Vec<u8>,
+    [h, w]: [u64; 2],
+    images_path: &Path,
+    labels_path: &Path,
+) -> Result<Dataset> {
     let lower = images_path.to_string_lossy().to_lowercase();
     let class_names: Vec<String> = if lower.contains("fashion") {
         FASHION_MNIST_CLASSES

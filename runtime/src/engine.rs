@@ -13,6 +13,7 @@ use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
 use crate::error::{boxed, Result, RuntimeError};
+use crate::guard::catching;
 
 type Plan = TypedSimplePlan;
 
@@ -42,11 +43,18 @@ impl Engine {
             path: source.to_path_buf(),
             source: boxed(e),
         };
-        let parsed = tract_onnx::onnx()
-            .with_ignore_output_shapes(true)
-            .with_ignore_value_info(true)
-            .parse(proto, dir)
-            .map_err(plan_err)?;
+        crate::model_file::check_wiring(source, proto)?;
+        let parsed = catching("tract", || {
+            tract_onnx::onnx()
+                .with_ignore_output_shapes(true)
+                .with_ignore_value_info(true)
+                .parse(proto, dir)
+        })
+        .map_err(|panic| RuntimeError::Plan {
+            path: source.to_path_buf(),
+            source: panic.into(),
+        })?
+        .map_err(plan_err)?;
         if !parsed.unresolved_inputs.is_empty() {
             return Err(RuntimeError::Contract {
                 path: source.to_path_buf(),
@@ -95,15 +103,20 @@ impl Engine {
     fn build_plan(&self, batch: usize) -> Result<Arc<Plan>> {
         let [c, h, w] = self.chw;
         let fact = f32::fact([batch, c, h, w]).into();
-        self.template
-            .clone()
-            .with_input_fact(0, fact)
-            .and_then(|m| m.into_optimized())
-            .and_then(|m| m.into_runnable())
-            .map_err(|e| RuntimeError::Plan {
-                path: self.source.clone(),
-                source: boxed(e.context(format!("optimizing for input [{batch}, {c}, {h}, {w}]"))),
-            })
+        let context = format!("optimizing for input [{batch}, {c}, {h}, {w}]");
+        catching("tract", || {
+            self.template
+                .clone()
+                .with_input_fact(0, fact)
+                .and_then(|m| m.into_optimized())
+                .and_then(|m| m.into_runnable())
+        })
+        .map_err(|panic| anyhow::anyhow!(panic))
+        .and_then(|r| r)
+        .map_err(|e| RuntimeError::Plan {
+            path: self.source.clone(),
+            source: boxed(e.context(context)),
+        })
     }
 
     /// The optimized plan for `batch` images, built on first use.
@@ -136,6 +149,20 @@ impl<'a> Session<'a> {
     /// Runs `batch` images held in `input` (`batch * C * H * W` values) and returns
     /// `batch * classes` logits.
     pub fn run(&mut self, batch: usize, input: &[f32]) -> Result<Vec<f32>> {
+        match catching("tract", || self.run_plan(batch, input)) {
+            Ok(result) => result,
+            Err(panic) => {
+                // The state may be half-updated: the next run of this size starts afresh.
+                self.states.remove(&batch);
+                Err(RuntimeError::Inference {
+                    path: self.engine.source.clone(),
+                    source: panic.into(),
+                })
+            }
+        }
+    }
+
+    fn run_plan(&mut self, batch: usize, input: &[f32]) -> Result<Vec<f32>> {
         let e = self.engine;
         let fail = |err: TractError| RuntimeError::Inference {
             path: e.source.clone(),

@@ -8,6 +8,11 @@
 //! }
 //! # Ok::<(), sc_runtime::RuntimeError>(())
 //! ```
+//!
+//! Bad input is an error naming the file, never a panic: a panic inside tract or an image decoder
+//! (some malformed files cause them) comes back as an error. To keep those panics off stderr, the
+//! first load or decode installs a panic hook that is silent only while such a call is running on
+//! that thread and defers to the previously installed hook otherwise (docs/RELIABILITY.md).
 
 pub mod bench;
 mod classifier;
@@ -16,12 +21,14 @@ pub mod data;
 mod engine;
 mod error;
 mod evaluate;
+mod guard;
 pub mod metadata;
 mod model_file;
 mod preprocess;
 mod runner;
 
 pub use classifier::{default_threads, softmax, Classifier, Prediction, DEFAULT_CHUNK};
+pub use contract::{MAX_INPUT_SIDE, MAX_RUN_VALUES};
 pub use data::{Dataset, Split};
 pub use error::{BoxError, Result, RuntimeError};
 pub use evaluate::{ClassAccuracy, Evaluation};

@@ -96,6 +96,29 @@ pub(crate) fn decode(path: &Path, bytes: &[u8]) -> Result<pb::ModelProto> {
     }
 }
 
+/// Checks the wiring that tract's ONNX parser takes for granted (it panics on a graph that breaks
+/// it): every graph output is a node output, an initializer or a graph input.
+pub(crate) fn check_wiring(path: &Path, proto: &pb::ModelProto) -> Result<()> {
+    let Some(g) = proto.graph.as_ref() else {
+        return Ok(());
+    };
+    let defined: std::collections::HashSet<&str> = (g.node.iter())
+        .flat_map(|n| n.output.iter().map(String::as_str))
+        .chain(g.initializer.iter().map(|t| t.name.as_str()))
+        .chain(g.input.iter().map(|i| i.name.as_str()))
+        .collect();
+    if let Some(o) = g.output.iter().find(|o| !defined.contains(o.name.as_str())) {
+        return Err(RuntimeError::Contract {
+            path: path.to_path_buf(),
+            problem: format!(
+                "the graph output `{}` is not produced by any node, weight or input",
+                o.name
+            ),
+        });
+    }
+    Ok(())
+}
+
 fn element_type(t: i32) -> String {
     pb::tensor_proto::DataType::try_from(t)
         .map(|d| match d {
@@ -132,7 +155,13 @@ impl ModelInfo {
     /// Reads an ONNX file's description (inputs, outputs, metadata, op counts); builds no plan.
     pub fn read(path: &Path) -> Result<ModelInfo> {
         let bytes = read_bytes(path)?;
-        Ok(Self::from_proto(path, &decode(path, &bytes)?))
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// The description of ONNX bytes held in memory; `name` labels errors (and becomes `path`).
+    pub fn from_bytes(bytes: &[u8], name: impl AsRef<Path>) -> Result<ModelInfo> {
+        let path = name.as_ref();
+        Ok(Self::from_proto(path, &decode(path, bytes)?))
     }
 
     pub(crate) fn from_proto(path: &Path, proto: &pb::ModelProto) -> ModelInfo {
@@ -163,9 +192,10 @@ impl ModelInfo {
                 .collect(),
             op_counts,
             initializers: g.initializer.len(),
+            // Saturating: the dims are the file's word, and may multiply past u64.
             weights: (g.initializer.iter())
-                .map(|t| t.dims.iter().map(|&d| d.max(0) as u64).product::<u64>())
-                .sum(),
+                .map(|t| (t.dims.iter()).fold(1u64, |n, &d| n.saturating_mul(d.max(0) as u64)))
+                .fold(0, u64::saturating_add),
         }
     }
 

@@ -1,6 +1,7 @@
 //! Turning pixels into model input: colour conversion, resizing, scaling to the pixel range and
 //! (for foreign models only) the caller's mean/std normalization.
 
+use std::io::{Read, Seek};
 use std::path::Path;
 
 use image::{imageops::FilterType, DynamicImage, ImageReader, Limits};
@@ -142,26 +143,39 @@ pub fn load_image(path: &Path) -> Result<DynamicImage> {
         path: path.to_path_buf(),
         problem,
     };
-    if std::fs::metadata(path)
-        .map_err(|e| RuntimeError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        })?
-        .is_dir()
-    {
+    let meta = std::fs::metadata(path).map_err(|e| RuntimeError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    if meta.is_dir() {
         return Err(bad("is a directory, expected an image file".into()));
     }
-    let reader = ImageReader::open(path)
-        .and_then(|r| r.with_guessed_format())
-        .map_err(|e| RuntimeError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        })?;
+    let io = |e| RuntimeError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    // Read a byte rather than trust the size: files in /proc report 0 bytes.
+    if file.read(&mut [0u8]).map_err(io)? == 0 {
+        return Err(bad("empty file, expected an image".into()));
+    }
+    file.rewind().map_err(io)?;
+    let mut reader = ImageReader::new(std::io::BufReader::new(file));
+    if let Ok(format) = image::ImageFormat::from_path(path) {
+        reader.set_format(format); // as `ImageReader::open` does; the content decides below
+    }
+    let reader = reader.with_guessed_format().map_err(io)?;
     decode_limited(reader).map_err(bad)
 }
 
 /// Decodes an image held in memory, with the same limits as [`load_image`]; `name` labels errors.
 pub fn decode_image(bytes: &[u8], name: &str) -> Result<DynamicImage> {
+    if bytes.is_empty() {
+        return Err(RuntimeError::Image {
+            path: name.into(),
+            problem: "empty file, expected an image".into(),
+        });
+    }
     let reader = ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| RuntimeError::Image {
@@ -185,7 +199,6 @@ fn decode_limited<R: std::io::BufRead + std::io::Seek>(
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
     limits.max_alloc = Some(MAX_IMAGE_ALLOC);
     reader.limits(limits);
-    reader
-        .decode()
+    crate::guard::catching("the image decoder", || reader.decode())?
         .map_err(|e| format!("cannot decode image: {e}"))
 }

@@ -212,3 +212,77 @@ fn bad_input_exits_non_zero_naming_the_file() {
     );
     fails(&run(&[&"bench", &model, &"--batch", &"0"]), &["--batch"]);
 }
+
+#[test]
+fn bad_data_and_models_exit_non_zero_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    setup(d);
+    let model = d.join("model.onnx");
+    let eval = |data: &Path, needles: &[&str]| fails(&run(&[&"eval", &model, &data]), needles);
+    // IDX: wrong magic, mismatched counts, corrupt gzip, empty file
+    let (ip, lp) = (
+        d.join("t10k-images-idx3-ubyte"),
+        d.join("t10k-labels-idx1-ubyte"),
+    );
+    write::idx(&ip, &lp, 2, 2, &[0; 12], &[1, 2, 3]).unwrap();
+    let mut bytes = std::fs::read(&ip).unwrap();
+    bytes[3] = 0x09;
+    std::fs::write(&ip, &bytes).unwrap();
+    eval(&ip, &["t10k-images-idx3-ubyte", "wrong IDX magic"]);
+    write::idx(&ip, &d.join("other-labels"), 2, 2, &[0; 8], &[1, 2]).unwrap();
+    eval(&ip, &["t10k-labels-idx1-ubyte", "holds 3 labels"]);
+    let gz = d.join("t10k-images-idx3-ubyte.gz");
+    std::fs::write(&gz, [0x1f, 0x8b, 8, 0, 9, 9, 9, 9, 9, 9, 9, 9]).unwrap();
+    eval(&gz, &["t10k-images-idx3-ubyte.gz"]);
+    std::fs::write(&ip, b"").unwrap();
+    eval(&ip, &["t10k-images-idx3-ubyte", "too short"]);
+    // CIFAR: label beyond the classes; a directory where the batch file should be
+    let mut rec = solid_cifar([1, 2, 3]);
+    rec.insert(0, 10);
+    std::fs::write(d.join("labels.bin"), &rec).unwrap();
+    eval(
+        &d.join("labels.bin"),
+        &["labels.bin", "label 10 is out of range"],
+    );
+    let c = d.join("c10");
+    std::fs::create_dir_all(c.join("test_batch.bin")).unwrap();
+    eval(&c, &["test_batch.bin", "is a directory"]);
+    // Unreadable files (as root, permission bits do not apply: a symlink to /proc/self/mem,
+    // whose first page fails to read with EIO).
+    let mem = d.join("mem.onnx");
+    std::os::unix::fs::symlink("/proc/self/mem", &mem).unwrap();
+    if std::fs::read(&mem).is_err() {
+        fails(&run(&[&"info", &mem]), &["mem.onnx", "Input/output error"]);
+        let data = d.join("test_batch_mem.bin");
+        std::os::unix::fs::symlink("/proc/self/mem", &data).unwrap();
+        eval(&data, &["test_batch_mem.bin", "Input/output error"]);
+        let img = d.join("mem.png");
+        std::os::unix::fs::symlink("/proc/self/mem", &img).unwrap();
+        fails(
+            &run(&[&"predict", &model, &img]),
+            &["mem.png", "Input/output error"],
+        );
+    }
+    // An empty image, an operator tract does not support.
+    std::fs::write(d.join("empty.png"), b"").unwrap();
+    fails(
+        &run(&[&"predict", &model, &d.join("empty.png")]),
+        &["empty.png", "empty file"],
+    );
+    let mut p = Tiny::ours(3, 32, &RGB).proto();
+    p.graph.as_mut().unwrap().node[1].op_type = "NoSuchOp".into();
+    std::fs::write(d.join("op.onnx"), prost::Message::encode_to_vec(&p)).unwrap();
+    fails(
+        &run(&[&"predict", &d.join("op.onnx"), &d.join("blue.png")]),
+        &["op.onnx", "NoSuchOp"],
+    );
+    // A graph that makes tract panic (a ReduceMean axis beyond the rank): an error, no panic text.
+    let mut p = Tiny::ours(3, 32, &RGB).proto();
+    p.graph.as_mut().unwrap().node[1].attribute[0].ints = vec![2, 6];
+    std::fs::write(d.join("axis.onnx"), prost::Message::encode_to_vec(&p)).unwrap();
+    fails(
+        &run(&[&"eval", &d.join("axis.onnx"), &d.join("cifar")]),
+        &["axis.onnx", "cannot build an inference plan"],
+    );
+}

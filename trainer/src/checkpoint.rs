@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use crate::io::{write_atomic, write_json};
+use crate::io::{write_atomic_keeping, write_json};
 
 pub const CHECKPOINT: &str = "checkpoint.safetensors";
 pub const PREVIOUS: &str = "checkpoint.prev.safetensors";
@@ -50,12 +50,9 @@ pub fn save(
     let meta = HashMap::from([(STATE_KEY.to_string(), serde_json::to_string(state)?)]);
     let bytes = safetensors::serialize(tensors.iter().map(|(k, t)| (k.as_str(), t)), Some(meta))
         .context("cannot serialize the checkpoint")?;
-    let path = dir.join(CHECKPOINT);
-    if path.exists() {
-        std::fs::rename(&path, dir.join(PREVIOUS))
-            .with_context(|| format!("cannot keep the previous checkpoint {}", path.display()))?;
-    }
-    write_atomic(&path, &bytes)?;
+    // The new file is complete and synced before the current one becomes the previous one: a
+    // failed write (disk full) leaves both checkpoints as they were.
+    write_atomic_keeping(&dir.join(CHECKPOINT), &dir.join(PREVIOUS), &bytes)?;
     write_json(&dir.join(STATE), state)
 }
 

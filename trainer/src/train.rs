@@ -228,6 +228,7 @@ fn is_eval_point(done: usize, total: usize, every: usize) -> bool {
 pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::Result<Summary> {
     cfg.validate()?;
     crate::io::ensure_writable_dir(run_dir)?;
+    crate::io::remove_stale_temps(run_dir);
     let device = crate::device::open(&cfg.device)?;
     let has_ckpt = run_dir.join(checkpoint::CHECKPOINT).exists()
         || run_dir.join(checkpoint::PREVIOUS).exists();

@@ -208,3 +208,129 @@ fn unwritable_output_is_detected_before_training() {
     );
     let _ = Path::new("");
 }
+
+#[test]
+fn bad_files_and_sizes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let data = t.join("d");
+    std::fs::create_dir(&data).unwrap();
+    common::make_idx(&data, 100, 12, 4, 0);
+    let d = data.to_str().unwrap();
+    let runs = t.join("runs");
+    let r = runs.to_str().unwrap();
+    let base = ["fit", "--data", d, "--runs", r, "--val-size", "20"];
+
+    // Config files: a directory, an empty file, negative and zero sizes, an unreadable file.
+    let cfg_dir = t.join("cfg.toml");
+    std::fs::create_dir(&cfg_dir).unwrap();
+    expect_error(
+        &["fit", "--config", cfg_dir.to_str().unwrap()],
+        &["cfg.toml"],
+    );
+    let empty = t.join("empty.toml");
+    std::fs::write(&empty, "").unwrap();
+    expect_error(
+        &["fit", "--config", empty.to_str().unwrap()],
+        &["empty.toml", "missing field"],
+    );
+    let body = |extra: &str| {
+        format!(
+            "batch_size = 8\niterations = 3\n{extra}\n[model]\nname='resnet8'\n[data]\npath='{d}'\nval_size = 20\n[schedule]\nkind='constant'\nlr=0.1\n"
+        )
+    };
+    for (i, (extra, needle)) in [
+        ("seed = -1", "seed"),
+        ("eval_batch_size = 0", "eval_batch_size must be at least 1"),
+        ("checkpoint_every = -3", "checkpoint_every"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let p = t.join(format!("c{i}.toml"));
+        std::fs::write(&p, body(extra)).unwrap();
+        expect_error(
+            &["fit", "--config", p.to_str().unwrap(), "--runs", r],
+            &[needle],
+        );
+    }
+    let neg = t.join("neg.toml");
+    std::fs::write(&neg, body("").replace("batch_size = 8", "batch_size = -8")).unwrap();
+    expect_error(
+        &["fit", "--config", neg.to_str().unwrap(), "--runs", r],
+        &["neg.toml", "batch_size"],
+    );
+    // As root, permission bits do not stop reads: an unreadable file is a symlink to
+    // /proc/self/mem, whose first page fails to read with EIO.
+    let mem = t.join("mem.toml");
+    std::os::unix::fs::symlink("/proc/self/mem", &mem).unwrap();
+    if std::fs::read(&mem).is_err() {
+        expect_error(
+            &["fit", "--config", mem.to_str().unwrap()],
+            &["mem.toml", "Input/output error"],
+        );
+    }
+
+    // Negative and zero sizes on the command line.
+    expect_error(
+        &with(&base, &["--iterations", "5", "--batch-size=-4"]),
+        &["--batch-size"],
+    );
+    expect_error(&with(&base, &["--iterations=-5"]), &["--iterations"]);
+    expect_error(
+        &with(&base, &["--epochs", "0"]),
+        &["epochs must be a positive number"],
+    );
+    expect_error(
+        &with(&base, &["--epochs=-2"]),
+        &["epochs must be a positive number"],
+    );
+    expect_error(
+        &with(&base, &["--iterations", "5", "--train-size", "0"]),
+        &["train_size"],
+    );
+    expect_error(
+        &with(&base, &["--iterations", "5", "--train-size", "1000"]),
+        &["train_size 1000"],
+    );
+
+    // --resume of a directory that does not exist, or is not a run.
+    let missing = t.join("no-run");
+    expect_error(
+        &["fit", "--resume", missing.to_str().unwrap()],
+        &["no-run", "config.json"],
+    );
+    expect_error(&["fit", "--resume", d], &["config.json"]);
+    expect_error(&["export", missing.to_str().unwrap()], &["no-run"]);
+
+    // Data that is a regular file of no known format, and an empty CIFAR batch.
+    let junk = t.join("junk.bin");
+    std::fs::write(&junk, b"hello").unwrap();
+    expect_error(
+        &[
+            "fit",
+            "--data",
+            junk.to_str().unwrap(),
+            "--runs",
+            r,
+            "--iterations",
+            "2",
+        ],
+        &["junk.bin", "not a multiple"],
+    );
+    let c = t.join("c");
+    std::fs::create_dir(&c).unwrap();
+    std::fs::write(c.join("data_batch_1.bin"), b"").unwrap();
+    expect_error(
+        &[
+            "fit",
+            "--data",
+            c.to_str().unwrap(),
+            "--runs",
+            r,
+            "--iterations",
+            "2",
+        ],
+        &["data_batch_1.bin", "empty"],
+    );
+}
