@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use sc_models::Shortcut;
@@ -530,6 +530,11 @@ impl FitArgs {
         }
         if self.test {
             c.test_eval = true;
+        }
+        if let Some(p) = &self.config {
+            c.validate().with_context(|| {
+                format!("{}: invalid config (after command-line flags)", p.display())
+            })?;
         }
         Ok(c)
     }

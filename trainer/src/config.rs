@@ -136,7 +136,10 @@ impl TrainConfig {
         }
         self.optimizer.validate().map_err(anyhow::Error::msg)?;
         if let Some(total) = self.iterations {
-            self.schedule
+            // Length-dependent defaults (clr step size, piecewise milestones) count as given.
+            let mut schedule = self.schedule.clone();
+            schedule.fill_length_defaults(total);
+            schedule
                 .validate(total)
                 .map_err(|e| anyhow::anyhow!("schedule: {e}"))?;
         }

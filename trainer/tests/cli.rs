@@ -334,3 +334,51 @@ fn bad_files_and_sizes() {
         &["data_batch_1.bin", "empty"],
     );
 }
+
+#[test]
+fn config_file_errors_name_the_file_and_clr_defaults_its_step_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("d");
+    std::fs::create_dir(&data).unwrap();
+    common::make_idx(&data, 100, 12, 4, 0);
+    let cfg = tmp.path().join("zero.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "batch_size = 0\niterations = 3\n[model]\nname='resnet8'\n[data]\npath='{}'\nval_size=20\n[schedule]\nkind='constant'\nlr=0.1\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let runs = tmp.path().join("runs");
+    expect_error(
+        &[
+            "fit",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--runs",
+            runs.to_str().unwrap(),
+        ],
+        &["zero.toml", "batch_size"],
+    );
+    // --schedule clr without --step-size: a quarter of the run, not an error.
+    let (code, err) = run(&[
+        "fit",
+        "--data",
+        data.to_str().unwrap(),
+        "--runs",
+        runs.to_str().unwrap(),
+        "--model",
+        "resnet8",
+        "--val-size",
+        "20",
+        "--batch-size",
+        "16",
+        "--iterations",
+        "4",
+        "--schedule",
+        "clr",
+        "--quiet",
+    ]);
+    assert_eq!(code, 0, "{err}");
+}
