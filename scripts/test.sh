@@ -7,5 +7,8 @@ if ! command -v protoc >/dev/null 2>&1; then
   # candle-onnx generates its ONNX types with protoc at build time.
   apt-get update -qq && apt-get install -y -qq protobuf-compiler >/dev/null
 fi
-cargo test --release --workspace --all-targets
+# Unit, integration and cross-crate tests, and the examples (benchmarks are built, not run: they
+# are measurements, run with scripts/bench-*.sh).
+cargo test --release --workspace --lib --bins --tests --examples
+cargo test --release --workspace --benches --no-run
 bash scripts/onnx-interop.sh
