@@ -125,16 +125,16 @@ fn assert_close(what: &str, a: &[f32], b: &[f32], classes: usize) {
         diff <= 1e-4 * scale,
         "{what}: max abs diff {diff} (logit scale {scale})"
     );
-    let argmax = |v: &[f32]| -> Vec<usize> {
-        v.chunks(classes)
-            .map(|r| {
-                r.iter()
-                    .enumerate()
-                    .fold(0, |bi, (i, x)| if *x > r[bi] { i } else { bi })
-            })
-            .collect()
-    };
-    assert_eq!(argmax(a), argmax(b), "{what}: argmax differs");
+    // The predicted class agrees wherever the reference's top two logits are not a near-tie
+    // (inputs are random draws; a tie within the tolerance may legitimately flip).
+    for (ra, rb) in a.chunks(classes).zip(b.chunks(classes)) {
+        let mut order: Vec<usize> = (0..classes).collect();
+        order.sort_by(|&i, &j| rb[j].total_cmp(&rb[i]));
+        if rb[order[0]] - rb[order[1]] > 2e-4 * scale {
+            let top_a = (0..classes).fold(0, |bi, i| if ra[i] > ra[bi] { i } else { bi });
+            assert_eq!(top_a, order[0], "{what}: argmax differs");
+        }
+    }
 }
 
 fn check(arch: ArchConfig, tag: &str) {
