@@ -231,14 +231,18 @@ pub fn build_report(
                 g.replace(' ', "_")
             }
         );
-        let title = format!("{} — {}", preset.title, if g.is_empty() { "" } else { &g });
+        let title = if g.is_empty() || g == "all" {
+            preset.title.clone()
+        } else {
+            format!("{} — {g}", preset.title)
+        };
         match accuracy_plot(&out.join(&name), &title, &series) {
             Ok(()) => plots.push(name),
             Err(e) => eprintln!("warning: could not draw {name}: {e:#}"),
         }
     }
 
-    let verdicts = verdicts(preset, &rows, &results)?;
+    let verdicts = verdicts(preset, &rows, &results, out, &mut plots)?;
     let report = Report {
         experiment: preset.experiment.clone(),
         title: preset.title.clone(),
@@ -267,6 +271,8 @@ fn verdicts(
     preset: &Preset,
     rows: &[Row],
     results: &BTreeMap<String, RunResult>,
+    out: &Path,
+    plots: &mut Vec<String>,
 ) -> anyhow::Result<Vec<Verdict>> {
     let mut v = Vec::new();
     let missing = |what: &str| Verdict {
@@ -454,6 +460,10 @@ fn verdicts(
             let (curve, acc) = lrfind::read_curve(dir)?;
             let info = crate::train::read_run_info(dir)?;
             let r = lrfind::suggest(&curve, &acc, 1.0 / info.arch.num_classes as f64);
+            match crate::plot::lr_find_plot(&out.join("lr_find.png"), &r, false) {
+                Ok(()) => plots.push("lr_find.png".into()),
+                Err(e) => eprintln!("warning: could not draw lr_find.png: {e:#}"),
+            }
             v.push(Verdict {
                 claim: "range test: where accuracy falls apart (the paper: stays high up to 3.0 for ResNet-56 at batch 1000)".into(),
                 verdict: if r.paper_max_lr.is_some() { "measured" } else { "inconclusive" }.into(),
@@ -486,10 +496,10 @@ fn markdown(r: &Report) -> String {
                 .map(|v| v.text())
                 .unwrap_or_else(|| "—".into()),
             row.diverged,
-            if row.paper > 0.0 {
-                format!("{:.1}", row.paper)
-            } else {
-                "—".into()
+            match (row.role, row.paper > 0.0) {
+                (Role::Range, true) => format!("max LR {}", row.paper),
+                (_, true) => format!("{:.1}", row.paper),
+                _ => "—".into(),
             }
         );
     }
