@@ -111,7 +111,7 @@ pub struct LrFindArgs {
 pub struct ReproduceArgs {
     /// sc-vs-pc, train-size, depth, step-size, lr-range, or all.
     pub experiment: String,
-    /// Training data (CIFAR-10 binary directory, e.g. ../shared/data/cifar-10-batches-bin).
+    /// Training data (CIFAR-10 binary directory, the official cifar-10-batches-bin).
     #[arg(long)]
     pub data: PathBuf,
     /// paper (the paper's settings, for a GPU), cpu (shrunk for a 2-core machine; budgets in the
