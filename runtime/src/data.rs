@@ -669,6 +669,29 @@ mod tests {
     }
 
     #[test]
+    fn cifar100_directory_uses_fine_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        // Records: coarse label, fine label, 3072 pixels.
+        let mut bytes = Vec::new();
+        for (coarse, fine) in [(3u8, 77u8), (19, 99), (0, 0)] {
+            bytes.push(coarse);
+            bytes.push(fine);
+            bytes.extend(std::iter::repeat_n(fine, CIFAR_PIXELS));
+        }
+        std::fs::write(dir.path().join("train.bin"), &bytes).unwrap();
+        let d = Dataset::open(dir.path(), Split::Train).unwrap();
+        assert_eq!((d.len(), d.num_classes()), (3, 100));
+        assert_eq!(d.labels, [77, 99, 0]);
+        assert_eq!(d.image(1)[0], 99);
+        bytes[1] = 100;
+        std::fs::write(dir.path().join("train.bin"), &bytes).unwrap();
+        let e = Dataset::open(dir.path(), Split::Train)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("train.bin") && e.contains("label 100"), "{e}");
+    }
+
+    #[test]
     fn cifar_roundtrip_and_directory() {
         let dir = tempfile::tempdir().unwrap();
         for b in 1..=5 {
