@@ -67,13 +67,14 @@ pub fn check(
         };
     let (cpu_net, cpu_logits, cpu_loss, cpu_grads) = run(&Device::Cpu)?;
     let (dev_net, dev_logits, dev_loss, dev_grads) = run(&dev)?;
+    let cpu_vars = cpu_net.vars();
     let dev_vars = dev_net.vars();
     let (mut worst, mut worst_name) = (0f32, String::new());
     for (name, kind) in cpu_net.model.params() {
         if !kind.is_trainable() {
             continue;
         }
-        let cv = &cpu_net.vars()[name];
+        let cv = &cpu_vars[name];
         let dv = &dev_vars[name];
         let (Some(gc), Some(gd)) = (cpu_grads.get(cv.as_tensor()), dev_grads.get(dv.as_tensor()))
         else {
