@@ -60,7 +60,7 @@ fn randn(shape: &[usize], seed: u64) -> Tensor {
 /// (n, cin, h, w, cout, k, stride, pad)
 type ConvShape = (usize, usize, usize, usize, usize, usize, usize, usize);
 
-const CONV_SHAPES: [ConvShape; 11] = [
+const CONV_SHAPES: [ConvShape; 13] = [
     (2, 16, 8, 8, 16, 3, 1, 1),
     (1, 3, 7, 7, 5, 3, 1, 1),
     (3, 17, 9, 11, 17, 3, 2, 1),
@@ -72,6 +72,9 @@ const CONV_SHAPES: [ConvShape; 11] = [
     (17, 3, 6, 6, 40, 3, 1, 1),
     (2, 6, 5, 7, 80, 3, 2, 1),
     (1, 32, 4, 4, 64, 3, 1, 1),
+    // Channels-last weight gradient: several images per buffer, odd sides, stride 2, 3 row groups.
+    (40, 16, 9, 11, 8, 3, 2, 1),
+    (3, 48, 6, 5, 24, 3, 1, 1),
 ];
 
 fn check_conv(shape: ConvShape, seed: u64) {

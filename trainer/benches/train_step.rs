@@ -45,6 +45,8 @@ fn threads() -> usize {
 
 /// One configuration: prints a JSON line.
 fn child(model: &str, batch: usize) -> anyhow::Result<()> {
+    // As the trainer's main does: freed memory is reused, not returned and faulted in again.
+    sc_models::kernels::keep_freed_memory();
     let dev = Device::Cpu;
     let depth = ArchConfig::depth_from_name(model).map_err(anyhow::Error::msg)?;
     let arch = ArchConfig::resnet(depth, 3, 32, 32, 10).map_err(anyhow::Error::msg)?;

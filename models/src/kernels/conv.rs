@@ -11,8 +11,11 @@
 //! - *col* (everything else, e.g. stride 2): an explicit im2col matrix per image; the input
 //!   gradient goes through the transposed product and col2im.
 //!
-//! Weight gradients use the channels-last copies (`src_t`, `dy_t`) and accumulate per fixed
-//! chunk of images, reduced in a fixed order: results do not depend on the thread count.
+//! Weight gradients: when `cout` is a multiple of 8 and `k · cin` of 16 (every ResNet layer but
+//! the stem), a channels-last copy of the input feeds the same broadcast tile as the forward
+//! pass ([`ChannelsLast`]); otherwise a block of dot products over the layouts above. Either way
+//! they accumulate per fixed chunk of images, reduced in a fixed order: results do not depend on
+//! the thread count.
 
 use super::micro::{self, Isa, F_ROWS, LANES};
 use super::par;
@@ -456,7 +459,6 @@ pub fn backward(
     dy: impl Fn(usize, &mut [f32]) + Sync,
     dx_hook: impl Fn(usize, &mut [f32]) + Sync,
 ) {
-    use micro::{DOT_C, DOT_R};
     let isa = micro::isa();
     let (cin_hw, out_img, kk) = (g.cin * g.hw(), g.cout * g.p(), g.kk());
     assert_eq!(x.len(), g.n * cin_hw);
@@ -468,7 +470,6 @@ pub fn backward(
     let dx_ptr = dx.map(|d| SendPtr(d.as_mut_ptr()));
     let flat = g.flat();
     let s_len = g.cin * kk;
-    let (rows, cols) = (round_up(s_len, DOT_R), round_up(g.cout, DOT_C));
     let parity = !flat && g.parity();
     let fl = Flat::new(g);
     let par_l = Parity::new(g);
@@ -492,25 +493,25 @@ pub fn backward(
         }
         v
     };
-    // Per-image buffer lengths, the input's tap rows and the gradient's channel rows.
-    let (x_len, dy_len, xoffs, doffs): (usize, usize, Vec<isize>, Vec<isize>) = if flat {
-        let xo = taps(&|ci, kh, kw| fl.off(ci, kh, kw, g.k), g.cin);
+    // The output gradient's rows (one per output channel) in its buffer: where the input-gradient
+    // pass (and the dot-product weight gradient) reads them.
+    let (dy_len, doffs): (usize, Vec<isize>) = if flat {
         let d0 = fl.front + g.pad * fl.wp;
         let dof = (0..g.cout)
             .map(|co| (co * fl.plane + d0) as isize)
             .collect();
-        (fl.len(g.cin, g.k), fl.len(g.cout, g.k), xo, dof)
+        (fl.len(g.cout, g.k), dof)
     } else if parity {
-        let xo = taps(&|ci, kh, kw| par_l.off(ci, kh, kw, g.pad), g.cin);
         let d0 = og.front + og.wp;
         let dof = (0..g.cout)
             .map(|co| (co * og.plane + d0) as isize)
             .collect();
-        (par_l.len(g.cin), og.len(g.cout, 3), xo, dof)
+        (og.len(g.cout, 3), dof)
     } else {
-        let xo = (0..s_len).map(|s| (s * pt) as isize).collect();
-        let dof = (0..g.cout).map(|co| (co * pt) as isize).collect();
-        (s_len * pt, g.cout * pt, xo, dof)
+        (
+            g.cout * pt,
+            (0..g.cout).map(|co| (co * pt) as isize).collect(),
+        )
     };
     // The input-gradient pass: A operand and offsets into one image's gradient buffer.
     let (a, a_tiles, f_offs) = if flat {
@@ -518,40 +519,295 @@ pub fn backward(
         (pack_backward_flat(g, w), g.cin.div_ceil(F_ROWS), offs)
     } else {
         // Transposed product onto an im2col-shaped buffer, then col2im.
-        let offs = doffs.clone();
-        (pack_backward_col(g, w), s_len.div_ceil(F_ROWS), offs)
+        (
+            pack_backward_col(g, w),
+            s_len.div_ceil(F_ROWS),
+            doffs.clone(),
+        )
     };
+    // One image's output gradient (NCHW) into the layout the input-gradient pass reads.
+    let lay_dy = |img: &[f32], dj: &mut [f32]| {
+        if flat {
+            fl.fill(img, g.cout, g.h, g.w, g.pad, dj);
+        } else if parity {
+            og.fill(img, g.cout, g.ho, g.wo, 1, dj);
+        } else {
+            for co in 0..g.cout {
+                dj[co * pt..][..g.p()].copy_from_slice(&img[co * g.p()..][..g.p()]);
+            }
+        }
+    };
+    // The input gradient of image `n` from its laid-out output gradient `dj`.
+    let dx_image = |n: usize, dj: &[f32], out: &mut [f32]| {
+        if let Some(dxp) = dx_ptr {
+            run_f(isa, &a, a_tiles, &f_offs, dj, pt, out);
+            // SAFETY: image n's slice of dx, written by this task only.
+            let dxn = unsafe { std::slice::from_raw_parts_mut(dxp.get().add(n * cin_hw), cin_hw) };
+            if flat {
+                for ci in 0..g.cin {
+                    for r in 0..g.h {
+                        copy_row(
+                            &mut dxn[(ci * g.h + r) * g.w..][..g.w],
+                            &out[ci * pt + r * fl.wp..],
+                        );
+                    }
+                }
+            } else {
+                let pitch = if parity { og.wp } else { g.wo };
+                col2im(g, out, pt, pitch, dxn);
+            }
+            dx_hook(n, dxn);
+        }
+    };
+    let layout = flat as usize + 2 * parity as usize;
     let nchunks = chunks(g.n);
     let per = g.n.div_ceil(nchunks);
+    let partials = if channels_last_ok(g) {
+        let cl = ChannelsLast::new(g);
+        let sub = (DOT_BATCH_BYTES / (4 * (cl.x_len + out_img))).clamp(1, per);
+        let offs = cl.offsets(g, sub);
+        let keys = [
+            scratch::key(&[11, g.cin, g.h, g.w, g.k, g.stride, g.pad, sub]),
+            scratch::key(&[12, layout, g.cout, g.h, g.w, g.k, g.stride, g.pad]),
+        ];
+        par::map(nchunks, |c| {
+            let mut acc = vec![0f32; g.cout * s_len];
+            let (first, last) = (c * per, ((c + 1) * per).min(g.n));
+            scratch::with(|s| {
+                let xb = aligned(s.src_t.zeroed(sub * cl.x_len + LANES, keys[0]));
+                let dp = aligned(s.dy_p.any(sub * out_img + LANES));
+                let mut i0 = first;
+                while i0 < last {
+                    let cnt = sub.min(last - i0);
+                    for j in 0..cnt {
+                        let n = i0 + j;
+                        let img = s.dy_img.any(out_img);
+                        dy(n, img);
+                        if dx_ptr.is_some() {
+                            let dj = s.dy_t.zeroed(dy_len, keys[1]);
+                            lay_dy(img, dj);
+                            dx_image(n, dj, s.out.any(a_tiles * F_ROWS * pt));
+                        }
+                        cl.fill(g, &x[n * cin_hw..][..cin_hw], &mut xb[j * cl.x_len..]);
+                        cl.pack_dy(g, img, sub, j, dp);
+                    }
+                    cl.accumulate(isa, g, sub, cnt, &offs[..cnt * g.p()], xb, dp, &mut acc);
+                    i0 += cnt;
+                }
+            });
+            // From [co][kh][kw][ci] into dw's layout [co][ci][kh][kw].
+            let mut out = vec![0f32; g.cout * s_len];
+            for co in 0..g.cout {
+                for t in 0..kk {
+                    for ci in 0..g.cin {
+                        out[(co * g.cin + ci) * kk + t] = acc[(co * kk + t) * g.cin + ci];
+                    }
+                }
+            }
+            out
+        })
+    } else {
+        dot_partials(
+            g,
+            x,
+            &dy,
+            &doffs,
+            dy_len,
+            (flat, parity, fl, par_l, pt),
+            &lay_dy,
+            &dx_image,
+            (a_tiles, nchunks, per),
+        )
+    };
+    // dw[co][s] = Σ over chunks, in chunk order.
+    for (i, d) in dw.iter_mut().enumerate() {
+        *d = partials.iter().map(|p| p[i]).sum();
+    }
+}
+
+/// The first 64-byte aligned part of a scratch buffer that has `LANES` values of slack.
+fn aligned(buf: &mut [f32]) -> &mut [f32] {
+    let skip = buf.as_ptr().align_offset(64).min(LANES);
+    &mut buf[skip..]
+}
+
+/// Whether [`ChannelsLast`] handles the weight gradient of this shape.
+fn channels_last_ok(g: &Geom) -> bool {
+    g.cout.is_multiple_of(F_ROWS) && (g.k * g.cin).is_multiple_of(LANES)
+}
+
+/// The channels-last weight gradient: per kernel row `kh`, the `k` taps of a row of the kernel
+/// read `k · cin` consecutive values of a zero-padded channels-last image (`[h + 2 pad][w + 2 pad]
+/// [cin]`), so `dw[co][kh][(kw, ci)] = Σ_(n, p) dy[n][co][p] · x_cl[n][row(p, kh)][col(p)..]`
+/// is an [`micro::f_tile`] product: rows are 8 output channels (broadcast from the output
+/// gradient packed `[co / 8][image][p][8]`), columns 16-48 consecutive `(kw, ci)` values,
+/// summed over the output pixels of several images. No im2col, aligned loads.
+struct ChannelsLast {
+    /// Row pitch of the padded image, in pixels.
+    wp: usize,
+    /// Values of one padded channels-last image.
+    x_len: usize,
+}
+
+impl ChannelsLast {
+    fn new(g: &Geom) -> ChannelsLast {
+        let wp = g.w + 2 * g.pad;
+        ChannelsLast {
+            wp,
+            x_len: (g.h + 2 * g.pad) * wp * g.cin,
+        }
+    }
+
+    /// Offsets of output pixel `p` of image `j < sub`: its top-left tap in the padded image.
+    fn offsets(&self, g: &Geom, sub: usize) -> Vec<isize> {
+        let mut v = Vec::with_capacity(sub * g.p());
+        for j in 0..sub {
+            for oh in 0..g.ho {
+                for ow in 0..g.wo {
+                    v.push(
+                        (j * self.x_len + (oh * g.stride * self.wp + ow * g.stride) * g.cin)
+                            as isize,
+                    );
+                }
+            }
+        }
+        v
+    }
+
+    /// Image `x` (NCHW, one image) into the padded channels-last buffer `dst` (padding stays).
+    fn fill(&self, g: &Geom, x: &[f32], dst: &mut [f32]) {
+        let (hw, cin) = (g.hw(), g.cin);
+        for r in 0..g.h {
+            for c in 0..g.w {
+                let d = &mut dst[((r + g.pad) * self.wp + c + g.pad) * cin..][..cin];
+                let src = &x[r * g.w + c..];
+                for (ci, v) in d.iter_mut().enumerate() {
+                    *v = src[ci * hw];
+                }
+            }
+        }
+    }
+
+    /// One image's output gradient (NCHW) into slot `j` of the packed `[co / 8][sub][p][8]`.
+    fn pack_dy(&self, g: &Geom, img: &[f32], sub: usize, j: usize, dp: &mut [f32]) {
+        let p = g.p();
+        for grp in 0..g.cout / F_ROWS {
+            let dst = &mut dp[((grp * sub + j) * p) * F_ROWS..][..p * F_ROWS];
+            let src = &img[grp * F_ROWS * p..][..F_ROWS * p];
+            for (px, d) in dst.chunks_exact_mut(F_ROWS).enumerate() {
+                for (r, v) in d.iter_mut().enumerate() {
+                    *v = src[r * p + px];
+                }
+            }
+        }
+    }
+
+    /// `acc[co][(kh, kw, ci)] += Σ` over the `cnt` images in the buffers.
+    #[allow(clippy::too_many_arguments)]
+    fn accumulate(
+        &self,
+        isa: Isa,
+        g: &Geom,
+        sub: usize,
+        cnt: usize,
+        offs: &[isize],
+        xb: &[f32],
+        dp: &[f32],
+        acc: &mut [f32],
+    ) {
+        const W: usize = micro::F_MAX_NV * LANES;
+        let (kc, p) = (g.k * g.cin, g.p());
+        let row = g.k * kc;
+        debug_assert!(offs
+            .iter()
+            .all(|&o| o >= 0 && o as usize + (g.k - 1) * self.wp * g.cin + kc <= xb.len()));
+        debug_assert!(dp.len() >= (g.cout / F_ROWS) * sub * p * F_ROWS);
+        let mut tile = [0f32; F_ROWS * W];
+        for grp in 0..g.cout / F_ROWS {
+            let ap = dp[grp * sub * p * F_ROWS..][..cnt * p * F_ROWS].as_ptr();
+            for kh in 0..g.k {
+                let mut j0 = 0;
+                while j0 < kc {
+                    let nv = ((kc - j0) / LANES).min(micro::F_MAX_NV);
+                    // SAFETY: the assertions above: every offset plus this row's `kc` values
+                    // stays inside `xb`; `ap` holds `cnt · p · 8` values; `tile` 8 rows of `W`.
+                    unsafe {
+                        micro::f_tile(
+                            isa,
+                            nv,
+                            ap,
+                            offs,
+                            xb.as_ptr().add(kh * self.wp * g.cin + j0),
+                            tile.as_mut_ptr(),
+                            W,
+                        );
+                    }
+                    for r in 0..F_ROWS {
+                        let dst = &mut acc[(grp * F_ROWS + r) * row + kh * kc + j0..][..nv * LANES];
+                        for (d, t) in dst.iter_mut().zip(&tile[r * W..]) {
+                            *d += t;
+                        }
+                    }
+                    j0 += nv * LANES;
+                }
+            }
+        }
+    }
+}
+
+/// The dot-product weight gradient (any shape), per fixed chunk of images, in `dw`'s layout
+/// `[co][(ci, kh, kw)]`; runs the input-gradient pass on the way.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn dot_partials(
+    g: &Geom,
+    x: &[f32],
+    dy: &(impl Fn(usize, &mut [f32]) + Sync),
+    doffs: &[isize],
+    dy_len: usize,
+    (flat, parity, fl, par_l, pt): (bool, bool, Flat, Parity, usize),
+    lay_dy: &(impl Fn(&[f32], &mut [f32]) + Sync),
+    dx_image: &(impl Fn(usize, &[f32], &mut [f32]) + Sync),
+    (a_tiles, nchunks, per): (usize, usize, usize),
+) -> Vec<Vec<f32>> {
+    use micro::{DOT_C, DOT_R};
+    let isa = micro::isa();
+    let (cin_hw, out_img, kk) = (g.cin * g.hw(), g.cout * g.p(), g.kk());
+    let s_len = g.cin * kk;
+    let (rows, cols) = (round_up(s_len, DOT_R), round_up(g.cout, DOT_C));
+    let taps = |f: &dyn Fn(usize, usize, usize) -> isize| -> Vec<isize> {
+        let mut v = Vec::with_capacity(s_len);
+        for ci in 0..g.cin {
+            for kh in 0..g.k {
+                for kw in 0..g.k {
+                    v.push(f(ci, kh, kw));
+                }
+            }
+        }
+        v
+    };
+    // Per-image buffer length and the input's tap rows.
+    let (x_len, xoffs): (usize, Vec<isize>) = if flat {
+        (
+            fl.len(g.cin, g.k),
+            taps(&|ci, kh, kw| fl.off(ci, kh, kw, g.k)),
+        )
+    } else if parity {
+        (
+            par_l.len(g.cin),
+            taps(&|ci, kh, kw| par_l.off(ci, kh, kw, g.pad)),
+        )
+    } else {
+        (s_len * pt, (0..s_len).map(|s| (s * pt) as isize).collect())
+    };
     let sub = (DOT_BATCH_BYTES / (4 * (x_len + dy_len))).clamp(1, per);
+    let layout = flat as usize + 2 * parity as usize;
     let keys = [
+        scratch::key(&[9, layout, g.cin, g.h, g.w, g.k, g.stride, g.pad, sub]),
         scratch::key(&[
-            9,
-            flat as usize + 2 * parity as usize,
-            g.cin,
-            g.h,
-            g.w,
-            g.k,
-            g.stride,
-            g.pad,
-            sub,
-        ]),
-        scratch::key(&[
-            10,
-            flat as usize + 2 * parity as usize,
-            g.cout,
-            g.h,
-            g.w,
-            g.k,
-            g.stride,
-            g.pad,
-            g.ho,
-            g.wo,
-            sub,
+            10, layout, g.cout, g.h, g.w, g.k, g.stride, g.pad, g.ho, g.wo, sub,
         ]),
     ];
-
-    let partials: Vec<Vec<f32>> = par::map(nchunks, |c| {
+    par::map(nchunks, |c| {
         let mut acc = vec![0f32; rows * cols];
         let (first, last) = (c * per, ((c + 1) * per).min(g.n));
         scratch::with(|s| {
@@ -571,38 +827,13 @@ pub fn backward(
                     let xn = &x[n * cin_hw..][..cin_hw];
                     if flat {
                         fl.fill(xn, g.cin, g.h, g.w, g.pad, xj);
-                        fl.fill(img, g.cout, g.h, g.w, g.pad, dj);
                     } else if parity {
                         par_l.fill(xn, g.cin, g.h, g.w, xj);
-                        og.fill(img, g.cout, g.ho, g.wo, 1, dj);
                     } else {
                         im2col(g, xn, pt, xj);
-                        for co in 0..g.cout {
-                            dj[co * pt..][..g.p()].copy_from_slice(&img[co * g.p()..][..g.p()]);
-                        }
                     }
-                    if let Some(dxp) = dx_ptr {
-                        let out = s.out.any(a_tiles * F_ROWS * pt);
-                        run_f(isa, &a, a_tiles, &f_offs, dj, pt, out);
-                        // SAFETY: image n's slice of dx, written by this task only.
-                        let dxn = unsafe {
-                            std::slice::from_raw_parts_mut(dxp.get().add(n * cin_hw), cin_hw)
-                        };
-                        if flat {
-                            for ci in 0..g.cin {
-                                for r in 0..g.h {
-                                    copy_row(
-                                        &mut dxn[(ci * g.h + r) * g.w..][..g.w],
-                                        &out[ci * pt + r * fl.wp..],
-                                    );
-                                }
-                            }
-                        } else {
-                            let pitch = if parity { og.wp } else { g.wo };
-                            col2im(g, out, pt, pitch, dxn);
-                        }
-                        dx_hook(n, dxn);
-                    }
+                    lay_dy(img, dj);
+                    dx_image(n, dj, s.out.any(a_tiles * F_ROWS * pt));
                 }
                 // Weight gradient: dot products of tap rows and gradient rows over these images.
                 let xp: Vec<*const f32> = (0..cnt).map(|j| xb[j * x_len..].as_ptr()).collect();
@@ -634,15 +865,15 @@ pub fn backward(
                 i0 += cnt;
             }
         });
-        acc
-    });
-
-    // dw[co][s] = Σ over chunks, in chunk order.
-    for co in 0..g.cout {
-        for sx in 0..s_len {
-            dw[co * s_len + sx] = partials.iter().map(|p| p[sx * cols + co]).sum();
+        // Into dw's layout [co][s].
+        let mut out = vec![0f32; g.cout * s_len];
+        for co in 0..g.cout {
+            for sx in 0..s_len {
+                out[co * s_len + sx] = acc[sx * cols + co];
+            }
         }
-    }
+        out
+    })
 }
 
 /// col2im of one image: `dx[ci][ih][iw] = Σ dcol[(ci, kh, kw)][oh · pitch + ow]` over the taps

@@ -44,6 +44,8 @@ pub struct Scratch {
     pub dy_t: Slot,
     /// One image's output gradient, NCHW.
     pub dy_img: Slot,
+    /// Output gradients of several images packed `[channel / 8][image][pixel][8]`.
+    pub dy_p: Slot,
 }
 
 thread_local! {
