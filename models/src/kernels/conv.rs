@@ -588,7 +588,7 @@ pub fn backward(
                             lay_dy(img, dj);
                             dx_image(n, dj, s.out.any(a_tiles * F_ROWS * pt));
                         }
-                        cl.fill(g, &x[n * cin_hw..][..cin_hw], &mut xb[j * cl.x_len..]);
+                        cl.fill(isa, g, &x[n * cin_hw..][..cin_hw], &mut xb[j * cl.x_len..]);
                         cl.pack_dy(g, img, sub, j, dp);
                     }
                     cl.accumulate(isa, g, sub, cnt, &offs[..cnt * g.p()], xb, dp, &mut acc);
@@ -675,15 +675,15 @@ impl ChannelsLast {
     }
 
     /// Image `x` (NCHW, one image) into the padded channels-last buffer `dst` (padding stays).
-    fn fill(&self, g: &Geom, x: &[f32], dst: &mut [f32]) {
+    fn fill(&self, isa: Isa, g: &Geom, x: &[f32], dst: &mut [f32]) {
         let (hw, cin) = (g.hw(), g.cin);
+        assert!(x.len() >= cin * hw);
         for r in 0..g.h {
-            for c in 0..g.w {
-                let d = &mut dst[((r + g.pad) * self.wp + c + g.pad) * cin..][..cin];
-                let src = &x[r * g.w + c..];
-                for (ci, v) in d.iter_mut().enumerate() {
-                    *v = src[ci * hw];
-                }
+            let d = &mut dst[((r + g.pad) * self.wp + g.pad) * cin..][..g.w * cin];
+            // SAFETY: reads `x[ci · hw + r · w + c]` for ci < cin, c < w (inside `x`, asserted
+            // above) and writes the row's `w · cin` values of `d`.
+            unsafe {
+                micro::to_channels_last(isa, x[r * g.w..].as_ptr(), hw, cin, g.w, d.as_mut_ptr());
             }
         }
     }

@@ -127,9 +127,60 @@ pub unsafe fn dot_tile(
     }
 }
 
+/// `dst[i · c + ch] = src[ch · stride + i]` for `i < n`, `ch < c`: `n` consecutive pixels of `c`
+/// channel planes (`stride` apart) into channels-last order.
+///
+/// # Safety
+/// `src` is readable at every `ch · stride + i`, `dst` writable for `n · c` values.
+#[inline]
+pub unsafe fn to_channels_last(
+    isa: Isa,
+    src: *const f32,
+    stride: usize,
+    c: usize,
+    n: usize,
+    dst: *mut f32,
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if c % LANES == 0 && stride <= i32::MAX as usize / LANES => {
+            avx512::to_channels_last(src, stride, c, n, dst)
+        }
+        _ => {
+            for i in 0..n {
+                for ch in 0..c {
+                    *dst.add(i * c + ch) = *src.add(ch * stride + i);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn to_channels_last(
+        src: *const f32,
+        stride: usize,
+        c: usize,
+        n: usize,
+        dst: *mut f32,
+    ) {
+        let lanes = super::LANES;
+        let idx = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(stride as i32),
+        );
+        for c0 in (0..c).step_by(lanes) {
+            let base = src.add(c0 * stride);
+            for i in 0..n {
+                let v = _mm512_i32gather_ps::<4>(idx, base.add(i) as *const u8 as *const _);
+                _mm512_storeu_ps(dst.add(i * c + c0), v);
+            }
+        }
+    }
 
     #[target_feature(enable = "avx512f")]
     pub unsafe fn f_tile<const NV: usize>(
