@@ -143,7 +143,7 @@ pub unsafe fn to_channels_last(
 ) {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 if c % LANES == 0 && stride <= i32::MAX as usize / LANES => {
+        Isa::Avx512 if c.is_multiple_of(LANES) && stride <= i32::MAX as usize / LANES => {
             avx512::to_channels_last(src, stride, c, n, dst)
         }
         _ => {
@@ -160,6 +160,8 @@ pub unsafe fn to_channels_last(
 mod avx512 {
     use std::arch::x86_64::*;
 
+    /// 16 channel rows of up to 16 pixels (masked loads), transposed in registers, stored as up
+    /// to 16 pixel rows of 16 channels.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn to_channels_last(
         src: *const f32,
@@ -168,18 +170,59 @@ mod avx512 {
         n: usize,
         dst: *mut f32,
     ) {
-        let lanes = super::LANES;
-        let idx = _mm512_mullo_epi32(
-            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-            _mm512_set1_epi32(stride as i32),
-        );
-        for c0 in (0..c).step_by(lanes) {
-            let base = src.add(c0 * stride);
-            for i in 0..n {
-                let v = _mm512_i32gather_ps::<4>(idx, base.add(i) as *const u8 as *const _);
-                _mm512_storeu_ps(dst.add(i * c + c0), v);
+        for c0 in (0..c).step_by(16) {
+            let mut i0 = 0;
+            while i0 < n {
+                let cnt = (n - i0).min(16);
+                let mask = ((1u32 << cnt) - 1) as __mmask16;
+                let mut r = [_mm512_setzero_ps(); 16];
+                for (ch, v) in r.iter_mut().enumerate() {
+                    *v = _mm512_maskz_loadu_ps(mask, src.add((c0 + ch) * stride + i0));
+                }
+                let t = transpose16(&r);
+                for (j, v) in t.iter().enumerate().take(cnt) {
+                    _mm512_storeu_ps(dst.add((i0 + j) * c + c0), *v);
+                }
+                i0 += cnt;
             }
         }
+    }
+
+    /// `out[j][i] = m[i][j]` for a 16 x 16 block held in 16 registers: 32-bit and 64-bit
+    /// interleaves within 128-bit lanes, then two rounds of lane shuffles.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn transpose16(m: &[__m512; 16]) -> [__m512; 16] {
+        // a[k] / b[k], lane l: rows 2k, 2k+1 of columns 4l, 4l+1 / 4l+2, 4l+3.
+        let mut a = [_mm512_setzero_ps(); 8];
+        let mut b = [_mm512_setzero_ps(); 8];
+        for k in 0..8 {
+            a[k] = _mm512_unpacklo_ps(m[2 * k], m[2 * k + 1]);
+            b[k] = _mm512_unpackhi_ps(m[2 * k], m[2 * k + 1]);
+        }
+        // g[q][blk], lane l: rows 4·blk .. 4·blk+3 of column 4l + q.
+        let pd = _mm512_castps_pd;
+        let ps = _mm512_castpd_ps;
+        let mut g = [[_mm512_setzero_ps(); 4]; 4];
+        for blk in 0..4 {
+            let (a0, a1) = (pd(a[2 * blk]), pd(a[2 * blk + 1]));
+            let (b0, b1) = (pd(b[2 * blk]), pd(b[2 * blk + 1]));
+            g[0][blk] = ps(_mm512_unpacklo_pd(a0, a1));
+            g[1][blk] = ps(_mm512_unpackhi_pd(a0, a1));
+            g[2][blk] = ps(_mm512_unpacklo_pd(b0, b1));
+            g[3][blk] = ps(_mm512_unpackhi_pd(b0, b1));
+        }
+        let mut out = [_mm512_setzero_ps(); 16];
+        for (q, gq) in g.iter().enumerate() {
+            let h0 = _mm512_shuffle_f32x4::<0x44>(gq[0], gq[1]);
+            let h1 = _mm512_shuffle_f32x4::<0xEE>(gq[0], gq[1]);
+            let h2 = _mm512_shuffle_f32x4::<0x44>(gq[2], gq[3]);
+            let h3 = _mm512_shuffle_f32x4::<0xEE>(gq[2], gq[3]);
+            out[q] = _mm512_shuffle_f32x4::<0x88>(h0, h2);
+            out[4 + q] = _mm512_shuffle_f32x4::<0xDD>(h0, h2);
+            out[8 + q] = _mm512_shuffle_f32x4::<0x88>(h1, h3);
+            out[12 + q] = _mm512_shuffle_f32x4::<0xDD>(h1, h3);
+        }
+        out
     }
 
     #[target_feature(enable = "avx512f")]
@@ -304,6 +347,42 @@ mod portable {
                     }
                 }
                 *out.add(r * ostride + c) += s;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn to_channels_last_transposes_with_both_instruction_sets() {
+        for isa in [Isa::Avx512, Isa::Portable] {
+            if isa == Isa::Avx512 && detect() != Isa::Avx512 {
+                continue;
+            }
+            for &(c, n, stride) in &[
+                (16, 16, 16),
+                (32, 37, 40),
+                (16, 5, 9),
+                (48, 8, 8),
+                (3, 7, 7),
+            ] {
+                let src: Vec<f32> = (0..c * stride).map(|v| v as f32).collect();
+                let mut dst = vec![-1f32; n * c + 3];
+                // SAFETY: src holds c · stride values (n <= stride), dst n · c.
+                unsafe { to_channels_last(isa, src.as_ptr(), stride, c, n, dst.as_mut_ptr()) };
+                for i in 0..n {
+                    for ch in 0..c {
+                        assert_eq!(
+                            dst[i * c + ch],
+                            src[ch * stride + i],
+                            "{isa:?} c{c} n{n} i{i} ch{ch}"
+                        );
+                    }
+                }
+                assert_eq!(&dst[n * c..], &[-1.0; 3], "{isa:?}: wrote past the end");
             }
         }
     }
