@@ -4,11 +4,59 @@
 //! On the CPU with f32 tensors these run the kernels of [`crate::kernels`] (candle custom ops with
 //! their own backward passes); anywhere else (CUDA, f64, shapes the kernels do not take) and when
 //! `SC_STOCK_KERNELS=1` they are candle's stock ops. Both paths compute the same function.
+//!
+//! Mixed precision ([`set_autocast`]): convolutions and the classifier's matmul run in a 16-bit
+//! type (bf16) on 16-bit copies of their inputs and weights, and their results are cast back to
+//! f32 before BatchNorm, the residual adds and the loss; the weights (the master copy the
+//! optimizer updates), BatchNorm statistics and gradients stay f32. The casts are graph nodes, so
+//! the backward pass runs in the same precisions.
 
+use std::cell::Cell;
 use std::sync::{Arc, Mutex};
 
-use candle_core::{Result, Tensor, Var};
-use candle_nn::BatchNorm;
+use candle_core::{DType, Result, Tensor, Var};
+use candle_nn::{BatchNorm, Linear};
+
+thread_local! {
+    static AUTOCAST: Cell<Option<DType>> = const { Cell::new(None) };
+}
+
+/// Runs this thread's convolutions and matmuls in `dtype` (`Some(DType::BF16)`; f16 works the
+/// same way but needs loss scaling, which the trainer does not do), or in each tensor's own
+/// precision (`None`, the default). The CPU kernels are f32-only: with autocast on, the CPU uses
+/// candle's stock ops (correct, slow: for checking the path, not for speed).
+pub fn set_autocast(dtype: Option<DType>) {
+    AUTOCAST.with(|a| a.set(dtype));
+}
+
+/// This thread's autocast type, if any.
+pub fn autocast() -> Option<DType> {
+    AUTOCAST.with(|a| a.get())
+}
+
+/// `t` in the autocast type (a graph node: gradients flow back in `t`'s own type).
+fn cast_in(t: &Tensor, dt: DType) -> Result<Tensor> {
+    if t.dtype() == dt {
+        Ok(t.clone())
+    } else {
+        t.to_dtype(dt)
+    }
+}
+
+/// `x · wᵀ + b` of a linear layer; under autocast the product runs in the autocast type.
+pub fn linear(x: &Tensor, l: &Linear) -> Result<Tensor> {
+    match autocast() {
+        Some(dt) if dt != x.dtype() => {
+            let w = cast_in(l.weight(), dt)?;
+            let y = cast_in(x, dt)?.matmul(&w.t()?)?.to_dtype(x.dtype())?;
+            match l.bias() {
+                Some(b) => y.broadcast_add(b),
+                None => Ok(y),
+            }
+        }
+        _ => candle_core::Module::forward(l, x),
+    }
+}
 
 use crate::kernels::{self, bn::Norm, conv::Geom, op};
 
@@ -32,7 +80,12 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<T
                 .apply_op2(&w.contiguous()?, op::ConvOp { geom });
         }
     }
-    x.conv2d(w, padding, stride, 1, 1)
+    match autocast() {
+        Some(dt) if dt != x.dtype() => cast_in(x, dt)?
+            .conv2d(&cast_in(w, dt)?, padding, stride, 1, 1)?
+            .to_dtype(x.dtype()),
+        _ => x.conv2d(w, padding, stride, 1, 1),
+    }
 }
 
 /// A convolution (no bias) followed by BatchNorm, by reference.

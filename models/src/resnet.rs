@@ -1,6 +1,6 @@
 //! The candle rendering of [`ArchConfig`]: a module to train and evaluate.
 
-use candle_core::{Module, ModuleT, Result, Tensor};
+use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::{BatchNorm, BatchNormConfig, Linear, VarBuilder};
 
 use crate::config::{ArchConfig, Shortcut};
@@ -252,6 +252,6 @@ impl ModuleT for ResNet {
             x = b.forward_t(&x, train)?;
         }
         let pooled = x.mean((2, 3))?;
-        self.fc.forward(&pooled)
+        ops::linear(&pooled, &self.fc)
     }
 }

@@ -282,6 +282,10 @@ pub struct CommonArgs {
     /// Device: cpu, cuda or cuda:N [default: cpu].
     #[arg(long)]
     pub device: Option<String>,
+    /// Convolution/matmul arithmetic: f32, or bf16 (mixed precision: bf16 products on f32 master
+    /// weights, f32 BatchNorm and loss; CUDA only) [default: f32].
+    #[arg(long, value_name = "f32|bf16")]
+    pub precision: Option<crate::config::Precision>,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -436,6 +440,9 @@ impl CommonArgs {
         if let Some(d) = &self.device {
             c.device = d.clone();
         }
+        if let Some(p) = self.precision {
+            c.precision = p;
+        }
     }
 }
 
@@ -467,6 +474,7 @@ pub fn default_config() -> TrainConfig {
         eval_batch_size: 500,
         device: "cpu".into(),
         test_eval: false,
+        precision: Default::default(),
     }
 }
 

@@ -68,6 +68,46 @@ pub struct TrainConfig {
     /// Evaluate on the data set's test split once at the end (never used for any choice).
     #[serde(default)]
     pub test_eval: bool,
+    /// Arithmetic of convolutions and matmuls: `f32`, or `bf16` (mixed precision on a CUDA
+    /// device: bf16 products on f32 master weights, f32 BatchNorm, loss and gradients). Left out
+    /// of the serialized config when `f32`, so configs (and reproduce's run names) from before
+    /// the option stay the same.
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
+}
+
+/// The arithmetic of convolutions and matmuls ([`sc_models::ops::set_autocast`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl Precision {
+    pub fn is_f32(&self) -> bool {
+        *self == Precision::F32
+    }
+
+    /// The autocast type of this precision (`None`: everything in f32).
+    pub fn autocast(self) -> Option<candle_core::DType> {
+        match self {
+            Precision::F32 => None,
+            Precision::Bf16 => Some(candle_core::DType::BF16),
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "fp32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            _ => Err(format!("unknown precision {s:?}: use f32 or bf16")),
+        }
+    }
 }
 
 fn default_eval_batch() -> usize {
@@ -143,7 +183,13 @@ impl TrainConfig {
                 .validate(total)
                 .map_err(|e| anyhow::anyhow!("schedule: {e}"))?;
         }
-        crate::device::parse(&self.device)?;
+        let device = crate::device::parse(&self.device)?;
+        if self.precision == Precision::Bf16 && device == crate::device::DeviceSpec::Cpu {
+            bail!(
+                "precision bf16 needs a CUDA device (--device cuda): candle's CPU matmul has no \
+                 bf16, and the CPU kernels are f32 (and as fast); train in f32 on the CPU"
+            );
+        }
         Ok(())
     }
 

@@ -223,6 +223,23 @@ fn is_eval_point(done: usize, total: usize, every: usize) -> bool {
     done == total || (every > 0 && done % every == 0)
 }
 
+/// This thread's autocast type for a scope (reset when dropped, also on errors).
+struct Autocast(Option<candle_core::DType>);
+
+impl Autocast {
+    fn set(dtype: Option<candle_core::DType>) -> Autocast {
+        let before = sc_models::ops::autocast();
+        sc_models::ops::set_autocast(dtype);
+        Autocast(before)
+    }
+}
+
+impl Drop for Autocast {
+    fn drop(&mut self) {
+        sc_models::ops::set_autocast(self.0);
+    }
+}
+
 /// Trains per `cfg` in `run_dir` (created if needed). Returns the summary; divergence is an error
 /// unless `opts.divergence_is_end`.
 pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::Result<Summary> {
@@ -230,6 +247,8 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
     crate::io::ensure_writable_dir(run_dir)?;
     crate::io::remove_stale_temps(run_dir);
     let device = crate::device::open(&cfg.device)?;
+    // Convolutions and matmuls of this thread (training and validation) in cfg.precision.
+    let _autocast = Autocast::set(cfg.precision.autocast());
     let has_ckpt = run_dir.join(checkpoint::CHECKPOINT).exists()
         || run_dir.join(checkpoint::PREVIOUS).exists();
     if has_ckpt && !opts.resume {
@@ -323,7 +342,7 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
     let val_y: Vec<u32> = val.labels.iter().map(|&l| l as u32).collect();
 
     eprintln!(
-        "{}: {} parameters ({:.2}M), {} train / {} val images {}x{}x{}, {} iterations of {} ({:.1} epochs), {}",
+        "{}: {} parameters ({:.2}M), {} train / {} val images {}x{}x{}, {} iterations of {} ({:.1} epochs), {}{}",
         arch.name(),
         arch.parameter_count(),
         arch.parameter_count() as f64 / 1e6,
@@ -335,7 +354,12 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
         total,
         cfg.batch_size,
         total as f64 / per_epoch as f64,
-        cfg.schedule.describe()
+        cfg.schedule.describe(),
+        if cfg.precision.is_f32() {
+            ""
+        } else {
+            ", bf16 mixed precision"
+        }
     );
 
     let interrupted = interrupt_flag();

@@ -168,6 +168,14 @@ fn invalid_settings() {
         &with(&base, &["--iterations", "5", "--device", "cuda"]),
         &["without CUDA support"],
     );
+    expect_error(
+        &with(&base, &["--iterations", "5", "--precision", "bf16"]),
+        &["precision bf16 needs a CUDA device"],
+    );
+    expect_error(
+        &with(&base, &["--iterations", "5", "--precision", "fp8"]),
+        &["unknown precision", "f32 or bf16"],
+    );
     let cfg = tmp.path().join("c.toml");
     std::fs::write(&cfg, "batch_size = 8\niterations = 3\nbogus_key = 1\n[model]\nname='resnet8'\n[data]\npath='x'\n[schedule]\nkind='constant'\nlr=0.1\n").unwrap();
     expect_error(

@@ -37,10 +37,12 @@ pub fn with_stock<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
-/// Whether the fast kernels can take these tensors: all f32 on the CPU, and not forced off.
+/// Whether the fast kernels can take these tensors: all f32 on the CPU, not forced off, and no
+/// low-precision autocast on this thread ([`crate::ops::set_autocast`]; the kernels are f32).
 pub fn applicable(ts: &[&Tensor]) -> bool {
     !stock_forced()
         && !STOCK_HERE.with(|s| s.get())
+        && crate::ops::autocast().is_none()
         && ts
             .iter()
             .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)

@@ -276,4 +276,27 @@ mod tests {
         }
         assert!(dirs("step-size").contains(&base[0]));
     }
+
+    #[test]
+    fn f32_precision_leaves_run_names_as_they_were() {
+        let (_, runs) = expand(
+            &load("sc-vs-pc").unwrap(),
+            "cpu",
+            Path::new("d"),
+            1,
+            "cpu",
+            Path::new("r"),
+        )
+        .unwrap();
+        let mut cfg = runs[0].config.clone();
+        let json = serde_json::to_string(&cfg).unwrap();
+        assert!(!json.contains("precision"), "{json}");
+        let f32_dir = run_dir(Path::new("r"), &cfg);
+        assert_eq!(f32_dir, runs[0].dir);
+        cfg.precision = crate::config::Precision::Bf16;
+        assert!(serde_json::to_string(&cfg)
+            .unwrap()
+            .contains(r#""precision":"bf16""#));
+        assert_ne!(run_dir(Path::new("r"), &cfg), f32_dir);
+    }
 }
