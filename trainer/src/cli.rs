@@ -273,6 +273,10 @@ pub struct CommonArgs {
     /// Images held out of the training set for validation [default: 5000].
     #[arg(long, value_name = "N")]
     pub val_size: Option<usize>,
+    /// Which images are held out: random (seeded) or last (the last N in file order, e.g. the end
+    /// of CIFAR-10's data_batch_5) [default: random].
+    #[arg(long, value_name = "random|last")]
+    pub val_split: Option<crate::data::ValSplit>,
     /// Images per iteration (the paper: 1000) [default: 128].
     #[arg(long, value_name = "N")]
     pub batch_size: Option<usize>,
@@ -431,6 +435,9 @@ impl CommonArgs {
         if let Some(v) = self.val_size {
             c.data.val_size = v;
         }
+        if let Some(v) = self.val_split {
+            c.data.val_split = v;
+        }
         if let Some(b) = self.batch_size {
             c.batch_size = b;
         }
@@ -459,6 +466,7 @@ pub fn default_config() -> TrainConfig {
             train_size: None,
             val_size: 5000,
             split_seed: 0,
+            val_split: Default::default(),
             crop: true,
             pad: 4,
             flip: true,

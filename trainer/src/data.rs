@@ -36,6 +36,11 @@ pub struct DataConfig {
     /// seeds are validated on the same images.
     #[serde(default)]
     pub split_seed: u64,
+    /// Which images are held out: `random` (drawn with `split_seed`) or `last` (the last
+    /// `val_size` images in file order: for CIFAR-10 with 5000, the end of `data_batch_5`, the
+    /// split many PyTorch CIFAR scripts use). Left out of a serialized config when `random`.
+    #[serde(default, skip_serializing_if = "ValSplit::is_random")]
+    pub val_split: ValSplit,
     /// Random crop after zero padding by `pad` pixels.
     #[serde(default = "yes")]
     pub crop: bool,
@@ -45,6 +50,34 @@ pub struct DataConfig {
     /// Random horizontal flip.
     #[serde(default = "yes")]
     pub flip: bool,
+}
+
+/// How the validation images are chosen ([`DataConfig::val_split`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ValSplit {
+    #[default]
+    Random,
+    Last,
+}
+
+impl ValSplit {
+    pub fn is_random(&self) -> bool {
+        *self == ValSplit::Random
+    }
+}
+
+impl std::str::FromStr for ValSplit {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "random" => Ok(ValSplit::Random),
+            "last" => Ok(ValSplit::Last),
+            _ => Err(format!(
+                "unknown validation split {s:?}: use random or last"
+            )),
+        }
+    }
 }
 
 fn default_val() -> usize {
@@ -93,8 +126,19 @@ impl DataConfig {
             );
         }
         let mut order: Vec<usize> = (0..n).collect();
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(self.split_seed, 1, 0)));
-        let (val_idx, pool) = order.split_at(self.val_size);
+        let mut rng = ChaCha8Rng::seed_from_u64(mix(self.split_seed, 1, 0));
+        let (val_idx, pool) = match self.val_split {
+            ValSplit::Random => {
+                order.shuffle(&mut rng);
+                order.split_at(self.val_size)
+            }
+            ValSplit::Last => {
+                // The pool stays shuffled (train_size subsets draw from it in its order).
+                order[..n - self.val_size].shuffle(&mut rng);
+                let (pool, val) = order.split_at(n - self.val_size);
+                (val, pool)
+            }
+        };
         let train_idx = match self.train_size {
             None => pool.to_vec(),
             Some(k) if k > pool.len() => anyhow::bail!(
@@ -338,6 +382,7 @@ mod tests {
             train_size: Some(40),
             val_size: 20,
             split_seed: 0,
+            val_split: ValSplit::Random,
             crop: true,
             pad: 2,
             flip: true,
@@ -371,6 +416,30 @@ mod tests {
         .err()
         .unwrap();
         assert!(e.to_string().contains("train_size 500"));
+    }
+
+    #[test]
+    fn last_split_holds_out_the_end_of_the_file() {
+        let all = toy(200);
+        let c = DataConfig {
+            val_split: ValSplit::Last,
+            train_size: None,
+            ..cfg()
+        };
+        let s = c.split(all.clone()).unwrap();
+        assert_eq!((s.train.len(), s.val.len()), (180, 20));
+        let per = 3 * 8 * 8;
+        assert_eq!(s.val.images, all.images[180 * per..]);
+        assert_eq!(s.val.labels, all.labels[180..]);
+        // No held-out image in training: compare whole images (toy images are all distinct).
+        let held: std::collections::HashSet<&[u8]> = s.val.images.chunks(per).collect();
+        assert!(s.train.images.chunks(per).all(|im| !held.contains(im)));
+        // A random split differs, and the default is not serialized (run names stay the same).
+        assert_ne!(cfg().split(all).unwrap().val.images, s.val.images);
+        assert!(!serde_json::to_string(&cfg()).unwrap().contains("val_split"));
+        assert!(serde_json::to_string(&c)
+            .unwrap()
+            .contains(r#""val_split":"last""#));
     }
 
     #[test]
