@@ -715,40 +715,19 @@ impl ChannelsLast {
         dp: &[f32],
         acc: &mut [f32],
     ) {
-        const W: usize = micro::F_MAX_NV * LANES;
         let (kc, p) = (g.k * g.cin, g.p());
         let row = g.k * kc;
-        debug_assert!(offs
-            .iter()
-            .all(|&o| o >= 0 && o as usize + (g.k - 1) * self.wp * g.cin + kc <= xb.len()));
-        debug_assert!(dp.len() >= (g.cout / F_ROWS) * sub * p * F_ROWS);
-        let mut tile = [0f32; F_ROWS * W];
+        let mut tile = vec![0f32; F_ROWS * kc];
         for grp in 0..g.cout / F_ROWS {
-            let ap = dp[grp * sub * p * F_ROWS..][..cnt * p * F_ROWS].as_ptr();
+            let a = &dp[grp * sub * p * F_ROWS..][..cnt * p * F_ROWS];
             for kh in 0..g.k {
-                let mut j0 = 0;
-                while j0 < kc {
-                    let nv = ((kc - j0) / LANES).min(micro::F_MAX_NV);
-                    // SAFETY: the assertions above: every offset plus this row's `kc` values
-                    // stays inside `xb`; `ap` holds `cnt · p · 8` values; `tile` 8 rows of `W`.
-                    unsafe {
-                        micro::f_tile(
-                            isa,
-                            nv,
-                            ap,
-                            offs,
-                            xb.as_ptr().add(kh * self.wp * g.cin + j0),
-                            tile.as_mut_ptr(),
-                            W,
-                        );
+                // tile[r][(kw, ci)] = Σ_t a[t][r] · x_cl[offs[t] + kh row + (kw, ci)]
+                run_f(isa, a, 1, offs, &xb[kh * self.wp * g.cin..], kc, &mut tile);
+                for r in 0..F_ROWS {
+                    let dst = &mut acc[(grp * F_ROWS + r) * row + kh * kc..][..kc];
+                    for (d, t) in dst.iter_mut().zip(&tile[r * kc..]) {
+                        *d += t;
                     }
-                    for r in 0..F_ROWS {
-                        let dst = &mut acc[(grp * F_ROWS + r) * row + kh * kc + j0..][..nv * LANES];
-                        for (d, t) in dst.iter_mut().zip(&tile[r * W..]) {
-                            *d += t;
-                        }
-                    }
-                    j0 += nv * LANES;
                 }
             }
         }
