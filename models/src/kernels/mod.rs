@@ -5,13 +5,9 @@
 //! `SC_STOCK_KERNELS=1` in the environment (read once) forces candle's stock ops everywhere,
 //! for comparisons and debugging.
 
-pub mod bn;
-pub mod conv;
-pub mod elementwise;
-pub mod micro;
+pub use sc_kernels::{bn, conv, elementwise, micro, par, scratch};
+
 pub mod op;
-pub mod par;
-pub mod scratch;
 
 use std::cell::Cell;
 use std::sync::OnceLock;

@@ -1,0 +1,18 @@
+//! `sc-kernels`: the CPU arithmetic of the CIFAR ResNets on plain `f32` slices, with no framework
+//! underneath. The trainer plugs these into candle as custom ops with their own backward passes
+//! (`sc_models::kernels::op`); the runtime runs inference on them (`sc_runtime`'s native
+//! executor). Neither framework is a dependency here.
+//!
+//! - [`micro`]: the register-blocked tiles (AVX-512 detected at run time, portable fallback).
+//! - [`conv`]: NCHW convolution forward, input gradient and weight gradient.
+//! - [`bn`], [`elementwise`]: BatchNorm (training and inference form) fused with ReLU and the
+//!   residual add, and its backward passes.
+//! - [`par`], [`scratch`]: parallel loops over images (rayon's global pool) and per-thread
+//!   reusable buffers.
+
+pub mod bn;
+pub mod conv;
+pub mod elementwise;
+pub mod micro;
+pub mod par;
+pub mod scratch;
