@@ -74,6 +74,7 @@ fn runtime_accuracy_equals_the_trainers_on_the_same_weights() {
     // The runtime's, from the exported file alone.
     let clf = Classifier::load(run.join("model.onnx")).unwrap();
     assert_eq!(clf.classes()[0], "airplane");
+    assert!(clf.executor().starts_with("native"), "{}", clf.executor());
     let eval = clf.evaluate(&test).unwrap();
     assert_eq!(eval.images, 50);
     assert_eq!(
@@ -81,6 +82,11 @@ fn runtime_accuracy_equals_the_trainers_on_the_same_weights() {
         "runtime {} vs trainer {}",
         eval.accuracy, trainer_acc
     );
+    // tract's executor on the same file gives the same answers.
+    let tract = Classifier::load(run.join("model.onnx"))
+        .unwrap()
+        .with_tract();
+    assert_eq!(tract.evaluate(&test).unwrap().accuracy, eval.accuracy);
     // And the export's recorded validation accuracy is the trainer's last one.
     assert!(clf.metadata().is_some(), "our export carries sc.* metadata");
     let onnx = std::fs::read(run.join("model.onnx")).unwrap();

@@ -50,6 +50,8 @@ pub struct BenchResult {
     pub latency_ms_p50: f64,
     pub latency_ms_p99: f64,
     pub latency_ms_mean: f64,
+    /// Which executor ran it ([`Classifier::executor`]).
+    pub executor: String,
 }
 
 /// Runs the benchmark on synthetic input (deterministic pseudo-random pixels).
@@ -97,6 +99,7 @@ pub fn run(clf: &Classifier, opts: &BenchOptions) -> Result<Vec<BenchResult>> {
             latency_ms_p50: percentile(&latencies, 0.50),
             latency_ms_p99: percentile(&latencies, 0.99),
             latency_ms_mean: latencies.iter().sum::<f64>() / latencies.len() as f64,
+            executor: clf.executor().to_string(),
         });
     }
     Ok(results)

@@ -118,6 +118,20 @@ impl Classifier {
         })
     }
 
+    /// Which executor runs the model and why: `native ...` (the `sc-kernels` convolutions, used
+    /// once its logits agree with tract's on probe inputs) or `tract (...)` with the reason.
+    /// `SC_RUNTIME_ENGINE=tract` in the environment at load time forces tract.
+    pub fn executor(&self) -> &str {
+        self.engine.note()
+    }
+
+    /// Runs this model on tract's own executor even where the native one applies (for
+    /// comparisons; results agree within float rounding).
+    pub fn with_tract(mut self) -> Self {
+        self.engine.use_tract();
+        self
+    }
+
     /// Worker threads for batches and evaluation (default: the machine's available cores).
     pub fn with_threads(mut self, threads: usize) -> Self {
         self.par.threads = threads.max(1);

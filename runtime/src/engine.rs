@@ -14,6 +14,8 @@ use tract_onnx::prelude::*;
 
 use crate::error::{boxed, Result, RuntimeError};
 use crate::guard::catching;
+use crate::native::Graph;
+use crate::team::Team;
 
 type Plan = TypedSimplePlan;
 
@@ -27,7 +29,18 @@ pub(crate) struct Engine {
     plans: Mutex<HashMap<usize, Arc<Plan>>>,
     /// Number of logits per image, read from the first plan's output shape.
     classes: usize,
+    /// The graph compiled for the native executor, when it compiles and agrees with tract.
+    native: Option<Graph>,
+    /// Which executor runs the model, and why.
+    note: String,
+    /// Thread teams for one request's convolutions, by size.
+    teams: Mutex<HashMap<usize, Arc<Team>>>,
 }
+
+/// Probe inputs the native executor must agree with tract on before it is used.
+const PROBES: usize = 2;
+/// Agreement needed: max |native - tract| <= this · max(1, max |tract|) over the probe logits.
+const PROBE_TOLERANCE: f32 = 1e-3;
 
 impl Engine {
     /// Parses the graph with tract and builds the plan for the smallest usable batch, which also
@@ -71,6 +84,9 @@ impl Engine {
             fixed_batch,
             plans: Mutex::new(HashMap::new()),
             classes: 0,
+            native: None,
+            note: String::new(),
+            teams: Mutex::new(HashMap::new()),
         };
         let batch = fixed_batch.unwrap_or(1);
         let plan = engine.build_plan(batch)?;
@@ -87,8 +103,111 @@ impl Engine {
                 })
             }
         };
-        engine.plans.lock().unwrap().insert(batch, plan);
+        engine.plans.lock().unwrap().insert(batch, plan.clone());
+        let forced = std::env::var("SC_RUNTIME_ENGINE").is_ok_and(|v| v == "tract");
+        let (native, note) = if forced {
+            (None, "tract (SC_RUNTIME_ENGINE=tract)".to_string())
+        } else {
+            engine.native_checked(proto, &plan, batch)
+        };
+        engine.native = native;
+        engine.note = note;
         Ok(engine)
+    }
+
+    /// A team of `threads` threads for one request's convolutions (made once per size).
+    pub fn team(&self, threads: usize) -> Arc<Team> {
+        let mut teams = self.teams.lock().unwrap_or_else(|p| p.into_inner());
+        teams
+            .entry(threads)
+            .or_insert_with(|| Arc::new(Team::new(threads)))
+            .clone()
+    }
+
+    /// Leaves the model to tract.
+    pub fn use_tract(&mut self) {
+        if self.native.take().is_some() {
+            self.note = "tract (asked for)".into();
+        }
+    }
+
+    /// Whether the native executor runs the model.
+    pub fn is_native(&self) -> bool {
+        self.native.is_some()
+    }
+
+    /// The native graph, if `proto` compiles for it and its logits on probe inputs agree with
+    /// tract's `plan` (for `batch` images); and a note saying which executor runs and why.
+    fn native_checked(
+        &self,
+        proto: &pb::ModelProto,
+        plan: &Arc<Plan>,
+        batch: usize,
+    ) -> (Option<Graph>, String) {
+        let graph = match catching("native", || Graph::compile(proto, self.chw)) {
+            Ok(Ok(g)) if g.classes() == self.classes => g,
+            Ok(Ok(g)) => {
+                return (
+                    None,
+                    format!(
+                        "tract (native: {} outputs, tract {})",
+                        g.classes(),
+                        self.classes
+                    ),
+                )
+            }
+            Ok(Err(why)) => return (None, format!("tract (native executor: {why})")),
+            Err(panic) => return (None, format!("tract (native executor failed: {panic})")),
+        };
+        let [c, h, w] = self.chw;
+        let len = batch * c * h * w;
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut bufs = Vec::new();
+        for probe in 0..PROBES {
+            let input: Vec<f32> = (0..len)
+                .map(|_| {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((seed >> 40) as f32 / (1u64 << 24) as f32) * 3.0 - 1.5
+                })
+                .collect();
+            let reference = (|| -> TractResult<Vec<f32>> {
+                let t = Tensor::from_shape(&[batch, c, h, w], &input)?;
+                let out = plan.spawn()?.run(tvec!(t.into_tvalue()))?;
+                Ok(out[0].try_as_plain_ram()?.as_slice::<f32>()?.to_vec())
+            })();
+            let Ok(reference) = reference else {
+                return (None, "tract (the probe run failed)".into());
+            };
+            let ours = match catching("native", || graph.run(batch, &input, &mut bufs, None)) {
+                Ok(v) => v,
+                Err(panic) => return (None, format!("tract (native executor failed: {panic})")),
+            };
+            let scale = reference.iter().fold(1f32, |m, v| m.max(v.abs()));
+            let err = ours.iter().zip(&reference).fold(0f32, |m, (a, b)| {
+                if (a - b).abs() > m || a.is_nan() {
+                    (a - b).abs().max(f32::MIN_POSITIVE)
+                } else {
+                    m
+                }
+            });
+            if ours.len() != reference.len() || err.is_nan() || err > PROBE_TOLERANCE * scale {
+                return (
+                    None,
+                    format!("tract (native executor disagrees with tract on probe {probe}: max error {err} at scale {scale})"),
+                );
+            }
+        }
+        (
+            Some(graph),
+            "native (sc-kernels convolutions; checked against tract)".into(),
+        )
+    }
+
+    /// Which executor runs the model (`native ...` or `tract ...`) and why.
+    pub fn note(&self) -> &str {
+        &self.note
     }
 
     pub fn classes(&self) -> usize {
@@ -136,6 +255,10 @@ impl Engine {
 pub(crate) struct Session<'a> {
     engine: &'a Engine,
     states: HashMap<usize, TypedSimpleState>,
+    /// The native executor's intermediate values, kept between runs.
+    bufs: Vec<Vec<f32>>,
+    /// When set, each native convolution splits over this team (one request, several threads).
+    team: Option<Arc<Team>>,
 }
 
 impl<'a> Session<'a> {
@@ -143,12 +266,29 @@ impl<'a> Session<'a> {
         Session {
             engine,
             states: HashMap::new(),
+            bufs: Vec::new(),
+            team: None,
         }
+    }
+
+    /// Runs each native convolution over `team`'s threads.
+    pub fn with_team(mut self, team: Option<Arc<Team>>) -> Self {
+        self.team = team;
+        self
     }
 
     /// Runs `batch` images held in `input` (`batch * C * H * W` values) and returns
     /// `batch * classes` logits.
     pub fn run(&mut self, batch: usize, input: &[f32]) -> Result<Vec<f32>> {
+        if let Some(g) = &self.engine.native {
+            let bufs = &mut self.bufs;
+            let team = self.team.as_deref();
+            let run = || g.run(batch, input, bufs, team);
+            return catching("native", run).map_err(|panic| RuntimeError::Inference {
+                path: self.engine.source.clone(),
+                source: panic.into(),
+            });
+        }
         match catching("tract", || self.run_plan(batch, input)) {
             Ok(result) => result,
             Err(panic) => {

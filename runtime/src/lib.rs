@@ -24,8 +24,10 @@ mod evaluate;
 mod guard;
 pub mod metadata;
 mod model_file;
+mod native;
 mod preprocess;
 mod runner;
+mod team;
 
 pub use classifier::{default_threads, softmax, Classifier, Prediction, DEFAULT_CHUNK};
 pub use contract::{MAX_INPUT_SIDE, MAX_RUN_VALUES};

@@ -42,8 +42,12 @@ where
     let stop = AtomicBool::new(false);
     let classes = engine.classes();
 
+    // One worker for a request that the threads cannot share image by image: the native
+    // executor splits each convolution over a pool of `par.threads` instead.
+    let team =
+        (threads == 1 && par.threads > 1 && engine.is_native()).then(|| engine.team(par.threads));
     let worker = || -> Result<Part> {
-        let mut session = Session::new(engine);
+        let mut session = Session::new(engine).with_team(team.clone());
         let mut input = vec![0f32; chunk * image_len];
         let mut results = Vec::new();
         while !stop.load(Ordering::Relaxed) {

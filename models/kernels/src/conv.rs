@@ -354,82 +354,232 @@ fn im2col(g: &Geom, x: &[f32], pt: usize, col: &mut [f32]) {
 /// Forward: `y[n][co][p] = Σ x ⋆ w`. `hook(n, y_n)` runs on each image's output while it is hot
 /// (for BatchNorm statistics).
 pub fn forward(g: &Geom, x: &[f32], w: &[f32], y: &mut [f32], hook: impl Fn(usize, &[f32]) + Sync) {
+    assert_eq!(w.len(), g.cout * g.cin * g.kk());
+    forward_packed(g, &Packed::new(g, w), x, y, Epilogue::NONE, |n, y_n| {
+        hook(n, y_n)
+    });
+}
+
+/// A convolution's weights packed for [`forward_packed`] (pack once, run many times: inference).
+#[derive(Debug, Clone)]
+pub struct Packed {
+    a: Vec<f32>,
+    /// `(cout, cin, k)` it was packed for.
+    shape: (usize, usize, usize),
+}
+
+impl Packed {
+    /// Packs OIHW weights `w` (`cout · cin · k · k` values) for convolutions of geometry `g`.
+    pub fn new(g: &Geom, w: &[f32]) -> Packed {
+        assert_eq!(w.len(), g.cout * g.cin * g.kk());
+        Packed {
+            a: pack_forward(g, w),
+            shape: (g.cout, g.cin, g.k),
+        }
+    }
+}
+
+/// What is applied to each output value as it is written: `y = act(conv + bias[co])`.
+#[derive(Debug, Clone, Copy)]
+pub struct Epilogue<'a> {
+    pub bias: Option<&'a [f32]>,
+    pub relu: bool,
+}
+
+impl Epilogue<'_> {
+    /// The plain convolution.
+    pub const NONE: Epilogue<'static> = Epilogue {
+        bias: None,
+        relu: false,
+    };
+}
+
+/// How one image is laid out for the forward tile: padded planes (flat, parity) or im2col rows.
+enum Layout {
+    Flat(Flat),
+    Parity(Parity),
+    Col,
+}
+
+/// The per-geometry constants of a forward pass.
+struct Plan {
+    layout: Layout,
+    offs: Vec<isize>,
+    /// Row length of the tile's output (`pt`) and the row pitch of the output grid in it.
+    pt: usize,
+    pitch: usize,
+    src_len: usize,
+    key: u64,
+}
+
+impl Plan {
+    fn new(g: &Geom) -> Plan {
+        let taps = |f: &dyn Fn(usize, usize, usize) -> isize| -> Vec<isize> {
+            (0..g.cin)
+                .flat_map(|ci| (0..g.k).flat_map(move |kh| (0..g.k).map(move |kw| (ci, kh, kw))))
+                .map(|(ci, kh, kw)| f(ci, kh, kw))
+                .collect()
+        };
+        if g.flat() {
+            let fl = Flat::new(g);
+            Plan {
+                offs: taps(&|ci, kh, kw| fl.off(ci, kh, kw, g.k)),
+                pt: fl.pt,
+                pitch: fl.wp,
+                src_len: fl.len(g.cin, g.k),
+                key: scratch::key(&[1, g.cin, g.h, g.w, g.k]),
+                layout: Layout::Flat(fl),
+            }
+        } else if g.parity() {
+            let par_l = Parity::new(g);
+            Plan {
+                offs: taps(&|ci, kh, kw| par_l.off(ci, kh, kw, g.pad)),
+                pt: par_l.grid.pt,
+                pitch: par_l.grid.wp,
+                src_len: par_l.len(g.cin),
+                key: scratch::key(&[11, g.cin, g.h, g.w, g.k]),
+                layout: Layout::Parity(par_l),
+            }
+        } else {
+            let pt = round_up(g.p(), LANES);
+            let kdim = g.cin * g.kk();
+            Plan {
+                offs: (0..kdim).map(|s| (s * pt) as isize).collect(),
+                pt,
+                pitch: g.wo,
+                src_len: kdim * pt,
+                key: scratch::key(&[2, g.cin, g.h, g.w, g.k, g.stride, g.pad]),
+                layout: Layout::Col,
+            }
+        }
+    }
+
+    /// One image `x_n` into the tile's source buffer (whose padding is zero).
+    fn fill(&self, g: &Geom, x_n: &[f32], src: &mut [f32]) {
+        match &self.layout {
+            Layout::Flat(fl) => fl.fill(x_n, g.cin, g.h, g.w, g.pad, src),
+            Layout::Parity(p) => p.fill(x_n, g.cin, g.h, g.w, src),
+            Layout::Col => im2col(g, x_n, self.pt, src),
+        }
+    }
+
+    /// Output channels `cos` of one image from the tile's rows (`out[co - cos.start]`), through
+    /// the epilogue.
+    fn emit(
+        &self,
+        g: &Geom,
+        out: &[f32],
+        cos: std::ops::Range<usize>,
+        ep: Epilogue,
+        y_n: &mut [f32],
+    ) {
+        let (ho, wo) = (g.ho, g.wo);
+        for (i, co) in cos.enumerate() {
+            let b = ep.bias.map_or(0.0, |b| b[co]);
+            for r in 0..ho {
+                let dst = &mut y_n[(co * ho + r) * wo..][..wo];
+                let src = &out[i * self.pt + r * self.pitch..][..wo];
+                match (ep.bias.is_some(), ep.relu) {
+                    (false, false) => copy_row(dst, src),
+                    (_, relu) => {
+                        for (d, &v) in dst.iter_mut().zip(src) {
+                            let v = v + b;
+                            *d = if relu { v.max(0.0) } else { v };
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`forward`] with weights packed beforehand and an epilogue (bias, ReLU) applied as the output
+/// is written; `hook(n, y_n)` then runs on each image's output while it is hot. Parallel over
+/// images (rayon's pool); one image runs on the calling thread.
+pub fn forward_packed(
+    g: &Geom,
+    packed: &Packed,
+    x: &[f32],
+    y: &mut [f32],
+    ep: Epilogue,
+    hook: impl Fn(usize, &mut [f32]) + Sync,
+) {
     let isa = micro::isa();
+    let (cin_hw, out_img) = check_forward(g, packed, x, y, ep);
+    let plan = Plan::new(g);
+    let row_tiles = g.cout.div_ceil(F_ROWS);
+    par::chunks_mut(y, out_img, |n, y_n| {
+        scratch::with(|s| {
+            let src = s.src.zeroed(plan.src_len, plan.key);
+            plan.fill(g, &x[n * cin_hw..][..cin_hw], src);
+            let out = s.out.any(row_tiles * F_ROWS * plan.pt);
+            run_f(isa, &packed.a, row_tiles, &plan.offs, src, plan.pt, out);
+            plan.emit(g, out, 0..g.cout, ep, y_n);
+        });
+        hook(n, y_n);
+    });
+}
+
+/// Runs `task(i)` for every `i < n` and returns when all have run (see [`forward_packed_within`]).
+pub type ForEach<'a> = dyn Fn(usize, &(dyn Fn(usize) + Sync)) + 'a;
+
+/// [`forward_packed`] for few images (inference of one request): each image's output channels are
+/// cut into `groups` parts, and `for_each(groups, task)` must run `task(i)` once for every
+/// `i < groups`, in any order, on any threads, and return when all have run (the caller's thread
+/// team). Results do not depend on `groups`.
+pub fn forward_packed_within(
+    g: &Geom,
+    packed: &Packed,
+    x: &[f32],
+    y: &mut [f32],
+    ep: Epilogue,
+    groups: usize,
+    for_each: &ForEach<'_>,
+) {
+    let isa = micro::isa();
+    let (cin_hw, out_img) = check_forward(g, packed, x, y, ep);
+    let plan = Plan::new(g);
+    let row_tiles = g.cout.div_ceil(F_ROWS);
+    let groups = row_tiles.min(groups).max(1);
+    let per = row_tiles.div_ceil(groups);
+    let s_len = plan.offs.len();
+    // Filled on the calling thread, outside its scratch: the tasks below may run on this thread.
+    let mut src = vec![0f32; plan.src_len];
+    for (n, y_n) in y.chunks_mut(out_img).enumerate() {
+        plan.fill(g, &x[n * cin_hw..][..cin_hw], &mut src);
+        let yp = SendPtr(y_n.as_mut_ptr());
+        let src = &src;
+        let task = |grp: usize| {
+            let (t0, t1) = (grp * per, ((grp + 1) * per).min(row_tiles));
+            if t0 >= t1 {
+                return;
+            }
+            // SAFETY: each group writes only its own output channels of this image.
+            let y_n = unsafe { std::slice::from_raw_parts_mut(yp.get(), out_img) };
+            scratch::with(|s| {
+                let out = s.out.any((t1 - t0) * F_ROWS * plan.pt);
+                let a = &packed.a[t0 * s_len * F_ROWS..];
+                run_f(isa, a, t1 - t0, &plan.offs, src, plan.pt, out);
+                plan.emit(g, out, t0 * F_ROWS..(t1 * F_ROWS).min(g.cout), ep, y_n);
+            });
+        };
+        for_each(groups, &task);
+    }
+}
+
+fn check_forward(g: &Geom, packed: &Packed, x: &[f32], y: &[f32], ep: Epilogue) -> (usize, usize) {
     let (cin_hw, out_img) = (g.cin * g.hw(), g.cout * g.p());
     assert_eq!(x.len(), g.n * cin_hw);
-    assert_eq!(w.len(), g.cout * g.cin * g.kk());
+    assert_eq!(
+        packed.shape,
+        (g.cout, g.cin, g.k),
+        "weights packed for another shape"
+    );
     assert_eq!(y.len(), g.n * out_img);
-    let a = pack_forward(g, w);
-    let row_tiles = g.cout.div_ceil(F_ROWS);
-    if g.flat() {
-        let fl = Flat::new(g);
-        let offs: Vec<isize> = (0..g.cin)
-            .flat_map(|ci| (0..g.k).flat_map(move |kh| (0..g.k).map(move |kw| (ci, kh, kw))))
-            .map(|(ci, kh, kw)| fl.off(ci, kh, kw, g.k))
-            .collect();
-        let len = fl.len(g.cin, g.k);
-        let key = scratch::key(&[1, g.cin, g.h, g.w, g.k]);
-        par::chunks_mut(y, out_img, |n, y_n| {
-            scratch::with(|s| {
-                let src = s.src.zeroed(len, key);
-                fl.fill(&x[n * cin_hw..][..cin_hw], g.cin, g.h, g.w, g.pad, src);
-                let out = s.out.any(row_tiles * F_ROWS * fl.pt);
-                run_f(isa, &a, row_tiles, &offs, src, fl.pt, out);
-                for co in 0..g.cout {
-                    for r in 0..g.ho {
-                        copy_row(
-                            &mut y_n[(co * g.ho + r) * g.wo..][..g.wo],
-                            &out[co * fl.pt + r * fl.wp..],
-                        );
-                    }
-                }
-            });
-            hook(n, y_n);
-        });
-    } else if g.parity() {
-        let par_l = Parity::new(g);
-        let fl = par_l.grid;
-        let offs: Vec<isize> = (0..g.cin)
-            .flat_map(|ci| (0..g.k).flat_map(move |kh| (0..g.k).map(move |kw| (ci, kh, kw))))
-            .map(|(ci, kh, kw)| par_l.off(ci, kh, kw, g.pad))
-            .collect();
-        let len = par_l.len(g.cin);
-        let key = scratch::key(&[11, g.cin, g.h, g.w, g.k]);
-        par::chunks_mut(y, out_img, |n, y_n| {
-            scratch::with(|s| {
-                let src = s.src.zeroed(len, key);
-                par_l.fill(&x[n * cin_hw..][..cin_hw], g.cin, g.h, g.w, src);
-                let out = s.out.any(row_tiles * F_ROWS * fl.pt);
-                run_f(isa, &a, row_tiles, &offs, src, fl.pt, out);
-                for co in 0..g.cout {
-                    for r in 0..g.ho {
-                        copy_row(
-                            &mut y_n[(co * g.ho + r) * g.wo..][..g.wo],
-                            &out[co * fl.pt + r * fl.wp..],
-                        );
-                    }
-                }
-            });
-            hook(n, y_n);
-        });
-    } else {
-        let pt = round_up(g.p(), LANES);
-        let kdim = g.cin * g.kk();
-        let offs: Vec<isize> = (0..kdim).map(|s| (s * pt) as isize).collect();
-        let key = scratch::key(&[2, g.cin, g.h, g.w, g.k, g.stride, g.pad]);
-        par::chunks_mut(y, out_img, |n, y_n| {
-            scratch::with(|s| {
-                let col = s.src.zeroed(kdim * pt, key);
-                im2col(g, &x[n * cin_hw..][..cin_hw], pt, col);
-                let out = s.out.any(row_tiles * F_ROWS * pt);
-                run_f(isa, &a, row_tiles, &offs, col, pt, out);
-                for co in 0..g.cout {
-                    y_n[co * g.p()..][..g.p()].copy_from_slice(&out[co * pt..][..g.p()]);
-                }
-            });
-            hook(n, y_n);
-        });
+    if let Some(b) = ep.bias {
+        assert_eq!(b.len(), g.cout);
     }
+    (cin_hw, out_img)
 }
 
 /// Number of image chunks the weight gradient is split into (fixed, so the summation order is).

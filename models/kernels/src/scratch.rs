@@ -2,32 +2,45 @@
 
 use std::cell::RefCell;
 
-/// A reusable buffer. [`Slot::zeroed`] zeroes only when the layout key changes: callers overwrite
-/// every position that varies between calls and rely on the rest staying zero (padding).
+/// Reusable buffers. [`Slot::zeroed`] keeps one buffer per layout key (the last few keys seen)
+/// and zeroes it only when first made: callers overwrite every position that varies between calls
+/// and rely on the rest staying zero (padding), so a network whose layers alternate between
+/// layouts neither re-zeroes nor re-allocates.
 #[derive(Default)]
 pub struct Slot {
-    buf: Vec<f32>,
-    key: u64,
+    keyed: Vec<(u64, Vec<f32>)>,
+    free: Vec<f32>,
 }
 
+/// Layouts kept per slot.
+const KEYS_KEPT: usize = 8;
+
 impl Slot {
-    /// `len` values, all zero the first time `key` is seen (and whenever it changes).
+    /// `len` values, all zero the first time (`key`, `len`) is seen.
     pub fn zeroed(&mut self, len: usize, key: u64) -> &mut [f32] {
-        if self.key != key || self.buf.len() != len {
-            self.buf.clear();
-            self.buf.resize(len, 0.0);
-            self.key = key;
-        }
-        &mut self.buf[..len]
+        let i = match self
+            .keyed
+            .iter()
+            .position(|(k, b)| *k == key && b.len() == len)
+        {
+            Some(i) => i,
+            None => {
+                if self.keyed.len() >= KEYS_KEPT {
+                    self.keyed.remove(0);
+                }
+                self.keyed.push((key, vec![0.0; len]));
+                self.keyed.len() - 1
+            }
+        };
+        &mut self.keyed[i].1[..]
     }
 
     /// `len` values of unspecified content.
     pub fn any(&mut self, len: usize) -> &mut [f32] {
-        if self.buf.len() < len {
-            self.buf.resize(len, 0.0);
+        if self.free.len() < len {
+            self.free.resize(len, 0.0);
         }
-        self.key = 0;
-        &mut self.buf[..len]
+        &mut self.free[..len]
     }
 }
 

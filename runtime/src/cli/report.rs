@@ -59,6 +59,7 @@ pub fn eval(clf: &Classifier, e: &Evaluation, json: bool) -> Result<()> {
         return print_json(e);
     }
     println!("model     {}", clf.path().display());
+    println!("executor  {}", clf.executor());
     println!("data      {} ({} images)", e.dataset, e.images);
     println!(
         "accuracy  {:.2}% ({} / {})",
@@ -142,7 +143,7 @@ pub fn bench(clf: &Classifier, results: &[BenchResult], json: bool) -> Result<()
     }
     let i = clf.input();
     println!(
-        "model {} (input {}x{}x{}), {} threads, {} images per tract run",
+        "model {} (input {}x{}x{}), {} threads, {} images per run",
         clf.path().display(),
         i.channels,
         i.height,
@@ -150,6 +151,7 @@ pub fn bench(clf: &Classifier, results: &[BenchResult], json: bool) -> Result<()
         clf.threads(),
         clf.chunk()
     );
+    println!("executor {}", clf.executor());
     println!(
         "{:>6} {:>12} {:>10} {:>10} {:>9}",
         "batch", "images/s", "p50 ms", "p99 ms", "requests"

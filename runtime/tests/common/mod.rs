@@ -181,7 +181,7 @@ pub fn our_metadata(channels: usize, size: usize, classes: &[&str]) -> Vec<(Stri
     ]
 }
 
-fn value_info(name: &str, dims: &[D]) -> pb::ValueInfoProto {
+pub fn value_info(name: &str, dims: &[D]) -> pb::ValueInfoProto {
     let dim = dims
         .iter()
         .map(|d| pb::tensor_shape_proto::Dimension {
@@ -205,7 +205,7 @@ fn value_info(name: &str, dims: &[D]) -> pb::ValueInfoProto {
     }
 }
 
-fn node(
+pub fn node(
     op: &str,
     inputs: &[&str],
     output: &str,
@@ -221,7 +221,7 @@ fn node(
     }
 }
 
-fn ints(name: &str, v: &[i64]) -> pb::AttributeProto {
+pub fn ints(name: &str, v: &[i64]) -> pb::AttributeProto {
     pb::AttributeProto {
         name: name.into(),
         r#type: AttributeType::Ints as i32,
@@ -230,7 +230,7 @@ fn ints(name: &str, v: &[i64]) -> pb::AttributeProto {
     }
 }
 
-fn int(name: &str, v: i64) -> pb::AttributeProto {
+pub fn int(name: &str, v: i64) -> pb::AttributeProto {
     pb::AttributeProto {
         name: name.into(),
         r#type: AttributeType::Int as i32,
@@ -239,7 +239,7 @@ fn int(name: &str, v: i64) -> pb::AttributeProto {
     }
 }
 
-fn tensor(name: &str, dims: &[i64], data: &[f32]) -> pb::TensorProto {
+pub fn tensor(name: &str, dims: &[i64], data: &[f32]) -> pb::TensorProto {
     pb::TensorProto {
         name: name.into(),
         dims: dims.to_vec(),
