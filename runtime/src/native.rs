@@ -123,6 +123,23 @@ impl Step {
     }
 }
 
+/// The values a step reads: the graph input (the caller's slice) or computed ones.
+struct Values<'a> {
+    input: (usize, &'a [f32]),
+    bufs: &'a [Vec<f32>],
+}
+
+impl std::ops::Index<usize> for Values<'_> {
+    type Output = [f32];
+    fn index(&self, id: usize) -> &[f32] {
+        if id == self.input.0 {
+            self.input.1
+        } else {
+            &self.bufs[id]
+        }
+    }
+}
+
 /// A constant tensor: dims and values (floats, or integers as i64).
 #[derive(Clone)]
 struct Const {
@@ -770,19 +787,21 @@ impl Graph {
         let size = |id: usize| n * self.shapes[id].iter().product::<usize>();
         assert_eq!(input.len(), size(self.input), "input of the wrong size");
         bufs.resize_with(self.shapes.len(), Vec::new);
-        bufs[self.input].clear();
-        bufs[self.input].extend_from_slice(input);
         for s in &self.steps {
             let yid = s.output();
             let mut y = std::mem::take(&mut bufs[yid]);
             y.resize(size(yid), 0.0);
-            self.step(s, n, bufs, &mut y, team);
+            let src = Values {
+                input: (self.input, input),
+                bufs,
+            };
+            self.step(s, n, &src, &mut y, team);
             bufs[yid] = y;
         }
         bufs[self.output].clone()
     }
 
-    fn step(&self, s: &Step, n: usize, bufs: &[Vec<f32>], y: &mut [f32], team: Option<&Team>) {
+    fn step(&self, s: &Step, n: usize, bufs: &Values, y: &mut [f32], team: Option<&Team>) {
         let relu_if = |v: f32, relu: bool| if relu { v.max(0.0) } else { v };
         match s {
             Step::Conv {

@@ -360,12 +360,13 @@ pub fn forward(g: &Geom, x: &[f32], w: &[f32], y: &mut [f32], hook: impl Fn(usiz
     });
 }
 
-/// A convolution's weights packed for [`forward_packed`] (pack once, run many times: inference).
-#[derive(Debug, Clone)]
+/// A convolution's weights packed for [`forward_packed`], with the layout of its input (pack once,
+/// run many times: inference).
 pub struct Packed {
     a: Vec<f32>,
-    /// `(cout, cin, k)` it was packed for.
-    shape: (usize, usize, usize),
+    plan: Plan,
+    /// `(cin, h, w, cout, k, stride, pad)` it was packed for (any batch size).
+    shape: [usize; 7],
 }
 
 impl Packed {
@@ -374,7 +375,8 @@ impl Packed {
         assert_eq!(w.len(), g.cout * g.cin * g.kk());
         Packed {
             a: pack_forward(g, w),
-            shape: (g.cout, g.cin, g.k),
+            plan: Plan::new(g),
+            shape: [g.cin, g.h, g.w, g.cout, g.k, g.stride, g.pad],
         }
     }
 }
@@ -506,7 +508,7 @@ pub fn forward_packed(
 ) {
     let isa = micro::isa();
     let (cin_hw, out_img) = check_forward(g, packed, x, y, ep);
-    let plan = Plan::new(g);
+    let plan = &packed.plan;
     let row_tiles = g.cout.div_ceil(F_ROWS);
     par::chunks_mut(y, out_img, |n, y_n| {
         scratch::with(|s| {
@@ -536,19 +538,42 @@ pub fn forward_packed_within(
     groups: usize,
     for_each: &ForEach<'_>,
 ) {
+    check_forward(g, packed, x, y, ep);
+    let plan = &packed.plan;
+    let groups = g.cout.div_ceil(F_ROWS).min(groups).max(1);
+    // Filled on the calling thread into a buffer outside its scratch (the tasks below may run on
+    // this thread and use the scratch), kept per layout between calls.
+    thread_local! {
+        static SRC: std::cell::RefCell<scratch::Slot> = Default::default();
+    }
+    SRC.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let src = slot.zeroed(plan.src_len, plan.key);
+        within_images(g, packed, x, y, ep, groups, for_each, src);
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+fn within_images(
+    g: &Geom,
+    packed: &Packed,
+    x: &[f32],
+    y: &mut [f32],
+    ep: Epilogue,
+    groups: usize,
+    for_each: &ForEach<'_>,
+    src: &mut [f32],
+) {
     let isa = micro::isa();
-    let (cin_hw, out_img) = check_forward(g, packed, x, y, ep);
-    let plan = Plan::new(g);
+    let plan = &packed.plan;
+    let (cin_hw, out_img) = (g.cin * g.hw(), g.cout * g.p());
     let row_tiles = g.cout.div_ceil(F_ROWS);
-    let groups = row_tiles.min(groups).max(1);
     let per = row_tiles.div_ceil(groups);
     let s_len = plan.offs.len();
-    // Filled on the calling thread, outside its scratch: the tasks below may run on this thread.
-    let mut src = vec![0f32; plan.src_len];
     for (n, y_n) in y.chunks_mut(out_img).enumerate() {
-        plan.fill(g, &x[n * cin_hw..][..cin_hw], &mut src);
+        plan.fill(g, &x[n * cin_hw..][..cin_hw], src);
         let yp = SendPtr(y_n.as_mut_ptr());
-        let src = &src;
+        let src = &*src;
         let task = |grp: usize| {
             let (t0, t1) = (grp * per, ((grp + 1) * per).min(row_tiles));
             if t0 >= t1 {
@@ -572,7 +597,7 @@ fn check_forward(g: &Geom, packed: &Packed, x: &[f32], y: &[f32], ep: Epilogue) 
     assert_eq!(x.len(), g.n * cin_hw);
     assert_eq!(
         packed.shape,
-        (g.cout, g.cin, g.k),
+        [g.cin, g.h, g.w, g.cout, g.k, g.stride, g.pad],
         "weights packed for another shape"
     );
     assert_eq!(y.len(), g.n * out_img);
