@@ -42,6 +42,8 @@ enum Step {
         weight: Vec<f32>,
         packed: Option<Packed>,
         bias: Vec<f32>,
+        /// A value added before the ReLU (a residual Add folded in).
+        residual: Option<usize>,
         relu: bool,
     },
     /// `y = x · scale[c] + shift[c]` over the first per-image axis.
@@ -97,6 +99,11 @@ impl Step {
     fn inputs(&self) -> Vec<usize> {
         match *self {
             Step::Add { a, b, .. } => vec![a, b],
+            Step::Conv {
+                x,
+                residual: Some(r),
+                ..
+            } => vec![x, r],
             Step::Conv { x, .. }
             | Step::Affine { x, .. }
             | Step::Relu { x, .. }
@@ -344,6 +351,7 @@ impl Builder {
                     weight: w.f,
                     packed: None,
                     bias,
+                    residual: None,
                     relu: false,
                 });
             }
@@ -703,9 +711,66 @@ impl Graph {
         r
     }
 
-    /// BatchNorm into the convolution before it, ReLU into the step before it, where the value
-    /// between them has no other reader.
+    /// BatchNorm into the convolution before it, a residual Add into the convolution that makes
+    /// one of its operands (the convolution moves down to the Add's place, where the other operand
+    /// exists), and ReLU into the step before it, wherever the value between them has no other
+    /// reader.
     fn fuse(&mut self) {
+        self.fuse_pairs();
+        while self.fuse_residual() {}
+        self.fuse_pairs();
+    }
+
+    fn fuse_residual(&mut self) -> bool {
+        let readers = self.readers();
+        let producer: HashMap<usize, usize> = self
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.output(), i))
+            .collect();
+        for i in 0..self.steps.len() {
+            let Step::Add { a, b, y, relu } = self.steps[i] else {
+                continue;
+            };
+            for (mine, other) in [(a, b), (b, a)] {
+                let Some(&p) = producer.get(&mine) else {
+                    continue;
+                };
+                let fusable = readers[mine] == 1
+                    && mine != other
+                    && matches!(
+                        self.steps[p],
+                        Step::Conv {
+                            residual: None,
+                            relu: false,
+                            ..
+                        }
+                    );
+                if !fusable {
+                    continue;
+                }
+                let mut conv = self.steps.remove(p);
+                if let Step::Conv {
+                    residual,
+                    relu: r,
+                    y: cy,
+                    ..
+                } = &mut conv
+                {
+                    *residual = Some(other);
+                    *r = relu;
+                    *cy = y;
+                }
+                // The Add is now at i - 1; the convolution takes its place.
+                self.steps[i - 1] = conv;
+                return true;
+            }
+        }
+        false
+    }
+
+    fn fuse_pairs(&mut self) {
         loop {
             let readers = self.readers();
             let producer: HashMap<usize, usize> = self
@@ -729,8 +794,14 @@ impl Graph {
                 }
                 let ok = matches!(
                     (&self.steps[p], s),
-                    (Step::Conv { relu: false, .. }, Step::Affine { .. })
-                        | (Step::Conv { relu: false, .. }, Step::Relu { .. })
+                    (
+                        Step::Conv {
+                            relu: false,
+                            residual: None,
+                            ..
+                        },
+                        Step::Affine { .. }
+                    ) | (Step::Conv { relu: false, .. }, Step::Relu { .. })
                         | (Step::Affine { relu: false, .. }, Step::Relu { .. })
                         | (Step::Add { relu: false, .. }, Step::Relu { .. })
                 );
@@ -809,6 +880,7 @@ impl Graph {
                 dims,
                 packed,
                 bias,
+                residual,
                 relu,
                 ..
             } => {
@@ -818,6 +890,7 @@ impl Graph {
                 let packed = packed.as_ref().expect("packed when compiled");
                 let ep = Epilogue {
                     bias: bias.iter().any(|&b| b != 0.0).then_some(&bias[..]),
+                    residual: residual.map(|r| &bufs[r]),
                     relu: *relu,
                 };
                 if let Some(team) = team {

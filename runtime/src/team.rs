@@ -87,8 +87,15 @@ impl Team {
         sh.done.store(0, Ordering::Relaxed);
         sh.state.store(gen << 32, Ordering::Release);
         work(sh, gen, n, f);
+        // Helpers finish their claimed tasks; if one shares this core, yield it the core.
+        let mut spins = 0u32;
         while sh.done.load(Ordering::Acquire) < n {
-            std::hint::spin_loop();
+            spins += 1;
+            if spins < 2000 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
         }
     }
 }

@@ -381,10 +381,13 @@ impl Packed {
     }
 }
 
-/// What is applied to each output value as it is written: `y = act(conv + bias[co])`.
+/// What is applied to each output value as it is written:
+/// `y = act(conv + bias[co] + residual[n][co][p])`.
 #[derive(Debug, Clone, Copy)]
 pub struct Epilogue<'a> {
     pub bias: Option<&'a [f32]>,
+    /// Added before the activation: the whole batch, shaped like the output.
+    pub residual: Option<&'a [f32]>,
     pub relu: bool,
 }
 
@@ -392,6 +395,7 @@ impl Epilogue<'_> {
     /// The plain convolution.
     pub const NONE: Epilogue<'static> = Epilogue {
         bias: None,
+        residual: None,
         relu: false,
     };
 }
@@ -467,26 +471,37 @@ impl Plan {
 
     /// Output channels `cos` of one image from the tile's rows (`out[co - cos.start]`), through
     /// the epilogue.
+    #[allow(clippy::too_many_arguments)]
     fn emit(
         &self,
         g: &Geom,
         out: &[f32],
         cos: std::ops::Range<usize>,
         ep: Epilogue,
+        n: usize,
         y_n: &mut [f32],
     ) {
         let (ho, wo) = (g.ho, g.wo);
+        let out_img = g.cout * g.p();
+        let res_n = ep.residual.map(|r| &r[n * out_img..][..out_img]);
         for (i, co) in cos.enumerate() {
             let b = ep.bias.map_or(0.0, |b| b[co]);
             for r in 0..ho {
-                let dst = &mut y_n[(co * ho + r) * wo..][..wo];
+                let at = (co * ho + r) * wo;
+                let dst = &mut y_n[at..][..wo];
                 let src = &out[i * self.pt + r * self.pitch..][..wo];
-                match (ep.bias.is_some(), ep.relu) {
-                    (false, false) => copy_row(dst, src),
-                    (_, relu) => {
+                match (res_n, ep.bias.is_some() || ep.relu) {
+                    (None, false) => copy_row(dst, src),
+                    (None, true) => {
                         for (d, &v) in dst.iter_mut().zip(src) {
                             let v = v + b;
-                            *d = if relu { v.max(0.0) } else { v };
+                            *d = if ep.relu { v.max(0.0) } else { v };
+                        }
+                    }
+                    (Some(res), _) => {
+                        for ((d, &v), &q) in dst.iter_mut().zip(src).zip(&res[at..][..wo]) {
+                            let v = v + b + q;
+                            *d = if ep.relu { v.max(0.0) } else { v };
                         }
                     }
                 }
@@ -516,7 +531,7 @@ pub fn forward_packed(
             plan.fill(g, &x[n * cin_hw..][..cin_hw], src);
             let out = s.out.any(row_tiles * F_ROWS * plan.pt);
             run_f(isa, &packed.a, row_tiles, &plan.offs, src, plan.pt, out);
-            plan.emit(g, out, 0..g.cout, ep, y_n);
+            plan.emit(g, out, 0..g.cout, ep, n, y_n);
         });
         hook(n, y_n);
     });
@@ -585,7 +600,7 @@ fn within_images(
                 let out = s.out.any((t1 - t0) * F_ROWS * plan.pt);
                 let a = &packed.a[t0 * s_len * F_ROWS..];
                 run_f(isa, a, t1 - t0, &plan.offs, src, plan.pt, out);
-                plan.emit(g, out, t0 * F_ROWS..(t1 * F_ROWS).min(g.cout), ep, y_n);
+                plan.emit(g, out, t0 * F_ROWS..(t1 * F_ROWS).min(g.cout), ep, n, y_n);
             });
         };
         for_each(groups, &task);
@@ -603,6 +618,9 @@ fn check_forward(g: &Geom, packed: &Packed, x: &[f32], y: &[f32], ep: Epilogue) 
     assert_eq!(y.len(), g.n * out_img);
     if let Some(b) = ep.bias {
         assert_eq!(b.len(), g.cout);
+    }
+    if let Some(r) = ep.residual {
+        assert_eq!(r.len(), y.len());
     }
     (cin_hw, out_img)
 }
