@@ -342,8 +342,13 @@ fn im2col(g: &Geom, x: &[f32], pt: usize, col: &mut [f32]) {
                     let src = &plane[(ih - pad) * g.w..][..g.w];
                     dst[..cols.start].fill(0.0);
                     dst[cols.end..].fill(0.0);
-                    for ow in cols.clone() {
-                        dst[ow] = src[ow * s + kw - pad];
+                    if s == 1 && !cols.is_empty() {
+                        let from = cols.start + kw - pad;
+                        copy_row(&mut dst[cols.clone()], &src[from..from + cols.len()]);
+                    } else {
+                        for ow in cols.clone() {
+                            dst[ow] = src[ow * s + kw - pad];
+                        }
                     }
                 }
             }
