@@ -474,6 +474,25 @@ impl Plan {
         }
     }
 
+    /// Values of the source buffer per input channel (each channel one block), `None` for im2col.
+    fn channel_stride(&self) -> Option<usize> {
+        match &self.layout {
+            Layout::Flat(fl) => Some(fl.plane),
+            Layout::Parity(p) => Some(4 * p.grid.plane),
+            Layout::Col => None,
+        }
+    }
+
+    /// Input channels `c0..c1` of one image into their blocks (`dst` starts at block `c0`).
+    fn fill_channels(&self, g: &Geom, x_n: &[f32], c0: usize, c1: usize, dst: &mut [f32]) {
+        let part = &x_n[c0 * g.hw()..c1 * g.hw()];
+        match &self.layout {
+            Layout::Flat(fl) => fl.fill(part, c1 - c0, g.h, g.w, g.pad, dst),
+            Layout::Parity(p) => p.fill(part, c1 - c0, g.h, g.w, dst),
+            Layout::Col => unreachable!("im2col is filled whole"),
+        }
+    }
+
     /// Output channels `cos` of one image from the tile's rows (`out[co - cos.start]`), through
     /// the epilogue.
     #[allow(clippy::too_many_arguments)]
@@ -591,7 +610,31 @@ fn within_images(
     let per = row_tiles.div_ceil(groups);
     let s_len = plan.offs.len();
     for (n, y_n) in y.chunks_mut(out_img).enumerate() {
-        plan.fill(g, &x[n * cin_hw..][..cin_hw], src);
+        let x_n = &x[n * cin_hw..][..cin_hw];
+        match plan.channel_stride() {
+            // The copy into the padded layout, split by input channels too.
+            Some(stride) if groups > 1 => {
+                let fill_groups = groups.min(g.cin);
+                let per_c = g.cin.div_ceil(fill_groups);
+                let sp = SendPtr(src.as_mut_ptr());
+                assert!(src.len() >= g.cin * stride);
+                for_each(fill_groups, &|grp: usize| {
+                    let (c0, c1) = (grp * per_c, ((grp + 1) * per_c).min(g.cin));
+                    if c0 < c1 {
+                        // SAFETY: channel blocks c0..c1 of `src` (inside it, asserted above),
+                        // written by this task only.
+                        let dst = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                sp.get().add(c0 * stride),
+                                (c1 - c0) * stride,
+                            )
+                        };
+                        plan.fill_channels(g, x_n, c0, c1, dst);
+                    }
+                });
+            }
+            _ => plan.fill(g, x_n, src),
+        }
         let yp = SendPtr(y_n.as_mut_ptr());
         let src = &*src;
         let task = |grp: usize| {
