@@ -1,4 +1,7 @@
-//! `sc-runtime`: run super-convergence image classifiers (ONNX) on the CPU with tract, no candle.
+//! `sc-runtime`: run super-convergence image classifiers (ONNX) on the CPU, no candle. tract-onnx
+//! parses and plans every model; ResNet-style graphs then run on `sc-kernels` (the trainer's
+//! AVX-512 convolutions) once their logits agree with tract's plan on probe inputs, and everything
+//! else on tract ([`Classifier::executor`] says which and why).
 //!
 //! ```no_run
 //! let clf = sc_runtime::Classifier::load("model.onnx")?;
