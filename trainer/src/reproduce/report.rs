@@ -118,6 +118,54 @@ fn read_run(dir: &Path) -> anyhow::Result<RunResult> {
 }
 
 /// Compares two stats: the verdict of "a > b" with its margin.
+/// Claim 5 from (run, validation accuracy) pairs of different cycle lengths: it holds when the
+/// best length lies inside the range tested and beats the longest cycle; when accuracy is still
+/// highest at the longest cycle, the range holds no optimum and the test is inconclusive; it does
+/// not hold when the shortest cycle is best.
+fn step_size_verdict(measured: &[(&Row, &Stat)]) -> (String, String) {
+    let best = measured
+        .iter()
+        .max_by(|a, b| a.1.mean.total_cmp(&b.1.mean))
+        .expect("two or more runs");
+    let shortest = measured.iter().min_by_key(|m| m.0.iterations).unwrap();
+    let longest = measured.iter().max_by_key(|m| m.0.iterations).unwrap();
+    let all = measured
+        .iter()
+        .map(|m| format!("{} {:.2}", m.0.iterations, m.1.mean * 100.0))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let (verdict, why) = if best.0.iterations == shortest.0.iterations {
+        let (_, d) = compare(best.1, longest.1);
+        (
+            "does not hold".to_string(),
+            format!("the shortest cycle is best; vs the longest: {d}"),
+        )
+    } else if best.0.iterations == longest.0.iterations {
+        let (_, d) = compare(best.1, shortest.1);
+        (
+            "inconclusive".to_string(),
+            format!(
+                "accuracy is highest at the longest cycle tested, so the range holds no best length \
+                 (longer cycles would be needed to find one); vs the shortest: {d}"
+            ),
+        )
+    } else {
+        let (v, d) = compare(best.1, longest.1);
+        (
+            v,
+            format!("vs the longest cycle ({}): {d}", longest.0.label),
+        )
+    };
+    (
+        verdict,
+        format!(
+            "best: {} at {:.2}%; {why}. All: {all}",
+            best.0.label,
+            best.1.mean * 100.0
+        ),
+    )
+}
+
 fn compare(a: &Stat, b: &Stat) -> (String, String) {
     let diff = a.mean - b.mean;
     let n = a.n.min(b.n);
@@ -425,30 +473,11 @@ fn verdicts(
                 .filter_map(|r| r.val_acc.as_ref().map(|s| (r, s)))
                 .collect();
             if measured.len() >= 2 {
-                let best = measured
-                    .iter()
-                    .max_by(|a, b| a.1.mean.total_cmp(&b.1.mean))
-                    .unwrap();
-                let shortest = measured.iter().min_by_key(|m| m.0.iterations).unwrap();
-                let (verdict, detail) = compare(best.1, shortest.1);
+                let (verdict, detail) = step_size_verdict(&measured);
                 v.push(Verdict {
                     claim: c5.into(),
-                    verdict: if best.0.label == shortest.0.label {
-                        "does not hold".into()
-                    } else {
-                        verdict
-                    },
-                    detail: format!(
-                        "best: {} at {:.2}%; vs the shortest cycle ({}): {detail}. All: {}",
-                        best.0.label,
-                        best.1.mean * 100.0,
-                        shortest.0.label,
-                        measured
-                            .iter()
-                            .map(|m| format!("{} {:.2}", m.0.iterations, m.1.mean * 100.0))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
+                    verdict,
+                    detail,
                 });
             } else {
                 v.push(missing(c5));
@@ -518,4 +547,39 @@ fn markdown(r: &Report) -> String {
         s += &format!("- {}: {}\n", row.label, row.runs.join(", "));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_size_needs_an_optimum_inside_the_range() {
+        let row = |it: usize| Row {
+            label: format!("{it} it"),
+            role: Role::Sc,
+            group: it.to_string(),
+            iterations: it,
+            val_acc: None,
+            diverged: 0,
+            paper: 0.0,
+            runs: vec![],
+        };
+        let st = |m: f64| Stat {
+            mean: m,
+            std: 0.0,
+            n: 1,
+        };
+        let rows = [row(100), row(200), row(400)];
+        let verdict = |accs: [f64; 3]| {
+            let stats = accs.map(st);
+            let m: Vec<(&Row, &Stat)> = rows.iter().zip(stats.iter()).collect();
+            step_size_verdict(&m)
+        };
+        let (v, d) = verdict([0.5, 0.6, 0.7]);
+        assert_eq!(v, "inconclusive", "{d}");
+        assert!(d.contains("longest cycle tested"), "{d}");
+        assert_eq!(verdict([0.5, 0.8, 0.7]).0, "holds");
+        assert_eq!(verdict([0.8, 0.6, 0.7]).0, "does not hold");
+    }
 }
