@@ -13,7 +13,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 cargo build --release -p sc-trainer -p sc-runtime
-iterations=${ITERATIONS:-400}
+iterations=${ITERATIONS:-1000}
 name=${NAME:-fashion-resnet20-$(date +%Y%m%d-%H%M%S)}
 ./target/release/sc-trainer fit \
   --data "$data" --model resnet20 --pad 2 --batch-size 128 --val-size 5000 \
