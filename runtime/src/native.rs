@@ -250,11 +250,20 @@ impl Builder {
         })
     }
 
-    fn new_value(&mut self, name: &str, shape: Vec<usize>) -> usize {
+    /// A new computed value; refuses one larger than the runtime accepts for an input (tract
+    /// then decides what to do with the graph).
+    fn new_value(&mut self, name: &str, shape: Vec<usize>) -> Result<usize, Unsupported> {
+        let size = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .filter(|&v| v <= crate::contract::MAX_RUN_VALUES);
+        if size.is_none() {
+            return Err(format!("`{name}` would hold {shape:?} values per image"));
+        }
         let id = self.shapes.len();
         self.shapes.push(shape);
         self.ids.insert(name.to_string(), id);
-        id
+        Ok(id)
     }
 
     /// A per-channel (or scalar) constant as `c` values, if it broadcasts that way over `shape`.
@@ -295,7 +304,7 @@ impl Builder {
                     self.consts.insert(out, k);
                 } else {
                     let x = self.value(input(0), node)?;
-                    let y = self.new_value(&out, self.shapes[x].clone());
+                    let y = self.new_value(&out, self.shapes[x].clone())?;
                     self.steps.push(Step::Copy { x, y });
                 }
             }
@@ -321,8 +330,10 @@ impl Builder {
                     && strides.len() == 2
                     && strides[0] == strides[1]
                     && strides[0] > 0
+                    && strides[0] <= 64
+                    && kh <= 64
                     && pads.len() == 4
-                    && pads.iter().all(|&p| p == pads[0] && p >= 0)
+                    && pads.iter().all(|&p| p == pads[0] && (0..=64).contains(&p))
                     && (auto_pad == b"NOTSET" || auto_pad.is_empty());
                 if !ok {
                     return Err(format!(
@@ -343,7 +354,7 @@ impl Builder {
                     }
                     None => vec![0.0; cout],
                 };
-                let y = self.new_value(&out, vec![cout, g.ho, g.wo]);
+                let y = self.new_value(&out, vec![cout, g.ho, g.wo])?;
                 self.steps.push(Step::Conv {
                     x,
                     y,
@@ -371,7 +382,7 @@ impl Builder {
                 let eps = attr_float(node, "epsilon", 1e-5);
                 let scale: Vec<f32> = (0..c).map(|i| gamma[i] / (var[i] + eps).sqrt()).collect();
                 let shift: Vec<f32> = (0..c).map(|i| beta[i] - mean[i] * scale[i]).collect();
-                let y = self.new_value(&out, s);
+                let y = self.new_value(&out, s)?;
                 self.steps.push(Step::Affine {
                     x,
                     y,
@@ -382,7 +393,7 @@ impl Builder {
             }
             "Relu" => {
                 let x = self.value(input(0), node)?;
-                let y = self.new_value(&out, self.shapes[x].clone());
+                let y = self.new_value(&out, self.shapes[x].clone())?;
                 self.steps.push(Step::Relu { x, y });
             }
             "Add" | "Sub" | "Mul" | "Div" => {
@@ -395,7 +406,7 @@ impl Builder {
                                 node.name
                             ));
                         }
-                        let y = self.new_value(&out, self.shapes[a].clone());
+                        let y = self.new_value(&out, self.shapes[a].clone())?;
                         self.steps.push(Step::Add {
                             a,
                             b,
@@ -423,7 +434,7 @@ impl Builder {
                             ("Div", false) => (v.iter().map(|t| 1.0 / t).collect(), vec![0.0; c]),
                             _ => return Err(format!("{op} `{}`: constant / value", node.name)),
                         };
-                        let y = self.new_value(&out, s);
+                        let y = self.new_value(&out, s)?;
                         self.steps.push(Step::Affine {
                             x,
                             y,
@@ -465,7 +476,12 @@ impl Builder {
                 }
                 let begin = [pads[1] as usize, pads[2] as usize, pads[3] as usize];
                 let end = [pads[5] as usize, pads[6] as usize, pads[7] as usize];
-                let y = self.new_value(&out, (0..3).map(|i| s[i] + begin[i] + end[i]).collect());
+                let y = self.new_value(
+                    &out,
+                    (0..3)
+                        .map(|i| s[i].saturating_add(begin[i]).saturating_add(end[i]))
+                        .collect(),
+                )?;
                 self.steps.push(Step::Pad { x, y, begin });
             }
             "Slice" => {
@@ -523,7 +539,7 @@ impl Builder {
                 if shape.contains(&0) {
                     return Err(format!("Slice `{}`: empty result", node.name));
                 }
-                let y = self.new_value(&out, shape);
+                let y = self.new_value(&out, shape)?;
                 self.steps.push(Step::Slice { x, y, start, step });
             }
             "GlobalAveragePool" | "ReduceMean" => {
@@ -548,7 +564,7 @@ impl Builder {
                     return Err(format!("{op} `{}` of {s:?}", node.name));
                 }
                 let shape = if keep { vec![s[0], 1, 1] } else { vec![s[0]] };
-                let y = self.new_value(&out, shape);
+                let y = self.new_value(&out, shape)?;
                 self.steps.push(Step::Mean { x, y });
             }
             "Flatten" | "Reshape" => {
@@ -567,7 +583,7 @@ impl Builder {
                         return Err(format!("Reshape `{}` to {t:?}", node.name));
                     }
                 }
-                let y = self.new_value(&out, vec![total]);
+                let y = self.new_value(&out, vec![total])?;
                 self.steps.push(Step::Copy { x, y });
             }
             "Gemm" | "MatMul" => {
@@ -622,7 +638,7 @@ impl Builder {
                     }
                     None => vec![0.0; k_out],
                 };
-                let y = self.new_value(&out, vec![k_out]);
+                let y = self.new_value(&out, vec![k_out])?;
                 self.steps.push(Step::Dense { x, y, w, b: bias });
             }
             _ => return Err(format!("operation {op} (node `{}`)", node.name)),
@@ -652,7 +668,7 @@ impl Graph {
         let [inp] = inputs[..] else {
             return Err(format!("{} graph inputs", inputs.len()));
         };
-        let input = b.new_value(&inp.name, chw.to_vec());
+        let input = b.new_value(&inp.name, chw.to_vec())?;
         for node in &g.node {
             if node.output.len() > 1
                 && !(node.op_type == "Dropout" || node.op_type == "BatchNormalization")
