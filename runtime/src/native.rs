@@ -531,7 +531,7 @@ impl Builder {
                     start[a] = b as usize;
                     step[a] = st as usize;
                     shape[a] = if e > b {
-                        ((e - b + st - 1) / st) as usize
+                        ((e - b) as u64).div_ceil(st as u64) as usize
                     } else {
                         0
                     };
