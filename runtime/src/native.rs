@@ -512,13 +512,22 @@ impl Builder {
                 }
                 let (mut start, mut step, mut shape) = ([0usize; 3], [1usize; 3], s.clone());
                 for j in 0..axes.len() {
-                    let axis = if axes[j] < 0 { axes[j] + 4 } else { axes[j] };
+                    let axis = if axes[j] < 0 {
+                        axes[j].saturating_add(4)
+                    } else {
+                        axes[j]
+                    };
                     let st = steps[j];
                     if !(0..4).contains(&axis) || st <= 0 {
                         return Err(format!("Slice `{}`: axis {} step {st}", node.name, axes[j]));
                     }
-                    let clamp =
-                        |v: i64, dim: i64| if v < 0 { (v + dim).max(0) } else { v.min(dim) };
+                    let clamp = |v: i64, dim: i64| {
+                        if v < 0 {
+                            v.saturating_add(dim).max(0)
+                        } else {
+                            v.min(dim)
+                        }
+                    };
                     if axis == 0 {
                         if starts[j] != 0 || ends[j] < i32::MAX as i64 || st != 1 {
                             return Err(format!("Slice `{}` over the batch", node.name));
@@ -553,7 +562,7 @@ impl Builder {
                     };
                     let mut axes: Vec<i64> = axes
                         .iter()
-                        .map(|&a| if a < 0 { a + 4 } else { a })
+                        .map(|&a| if a < 0 { a.saturating_add(4) } else { a })
                         .collect();
                     axes.sort_unstable();
                     if axes != [2, 3] {
