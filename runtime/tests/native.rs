@@ -142,17 +142,7 @@ fn resnet_like(bn: bool, normalize: bool, extra: Option<&str>) -> Vec<u8> {
         output: vec![value_info("logits", &[D::P("batch"), D::N(5)])],
         ..Default::default()
     };
-    pb::ModelProto {
-        ir_version: 7,
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: String::new(),
-            version: 13,
-        }],
-        producer_name: "sc-runtime tests".into(),
-        graph: Some(graph),
-        ..Default::default()
-    }
-    .encode_to_vec()
+    common::model(graph, &[]).encode_to_vec()
 }
 
 fn load(bytes: &[u8]) -> Classifier {

@@ -126,22 +126,7 @@ impl Tiny {
             output: vec![value_info("logits", &[D::P("batch"), D::N(k)])],
             ..Default::default()
         };
-        pb::ModelProto {
-            ir_version: 7,
-            opset_import: vec![pb::OperatorSetIdProto {
-                domain: String::new(),
-                version: 13,
-            }],
-            producer_name: "sc-runtime tests".into(),
-            graph: Some(graph),
-            metadata_props: (self.metadata.iter())
-                .map(|(k, v)| pb::StringStringEntryProto {
-                    key: k.clone(),
-                    value: v.clone(),
-                })
-                .collect(),
-            ..Default::default()
-        }
+        model(graph, &self.metadata)
     }
 
     pub fn bytes(&self) -> Vec<u8> {
@@ -152,6 +137,26 @@ impl Tiny {
         let p = dir.join(name);
         std::fs::write(&p, self.bytes()).unwrap();
         p
+    }
+}
+
+/// An opset-13 model around `graph` with these metadata entries.
+pub fn model(graph: pb::GraphProto, metadata: &[(String, String)]) -> pb::ModelProto {
+    pb::ModelProto {
+        ir_version: 7,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
+        producer_name: "sc-runtime tests".into(),
+        graph: Some(graph),
+        metadata_props: (metadata.iter())
+            .map(|(k, v)| pb::StringStringEntryProto {
+                key: k.clone(),
+                value: v.clone(),
+            })
+            .collect(),
+        ..Default::default()
     }
 }
 
