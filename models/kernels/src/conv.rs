@@ -386,6 +386,31 @@ impl Packed {
     }
 }
 
+impl Packed {
+    /// Image `n`'s output channels of row tiles `tiles`, from its source buffer (laid out by
+    /// the plan), through the epilogue into `y_n`; `out` holds the tile rows in between.
+    #[allow(clippy::too_many_arguments)]
+    fn tiles(
+        &self,
+        isa: Isa,
+        g: &Geom,
+        src: &[f32],
+        tiles: std::ops::Range<usize>,
+        out: &mut scratch::Slot,
+        ep: Epilogue,
+        n: usize,
+        y_n: &mut [f32],
+    ) {
+        let plan = &self.plan;
+        let count = tiles.len();
+        let out = out.any(count * F_ROWS * plan.pt);
+        let a = &self.a[tiles.start * plan.offs.len() * F_ROWS..];
+        run_f(isa, a, count, &plan.offs, src, plan.pt, out);
+        let cos = tiles.start * F_ROWS..(tiles.end * F_ROWS).min(g.cout);
+        plan.emit(g, out, cos, ep, n, y_n);
+    }
+}
+
 /// What is applied to each output value as it is written:
 /// `y = act(conv + bias[co] + residual[n][co][p])`.
 #[derive(Debug, Clone, Copy)]
@@ -553,9 +578,7 @@ pub fn forward_packed(
         scratch::with(|s| {
             let src = s.src.zeroed(plan.src_len, plan.key);
             plan.fill(g, &x[n * cin_hw..][..cin_hw], src);
-            let out = s.out.any(row_tiles * F_ROWS * plan.pt);
-            run_f(isa, &packed.a, row_tiles, &plan.offs, src, plan.pt, out);
-            plan.emit(g, out, 0..g.cout, ep, n, y_n);
+            packed.tiles(isa, g, src, 0..row_tiles, &mut s.out, ep, n, y_n);
         });
         hook(n, y_n);
     });
@@ -577,9 +600,12 @@ pub fn forward_packed_within(
     groups: usize,
     for_each: &ForEach<'_>,
 ) {
-    check_forward(g, packed, x, y, ep);
+    let isa = micro::isa();
+    let (cin_hw, out_img) = check_forward(g, packed, x, y, ep);
     let plan = &packed.plan;
-    let groups = g.cout.div_ceil(F_ROWS).min(groups).max(1);
+    let row_tiles = g.cout.div_ceil(F_ROWS);
+    let groups = row_tiles.min(groups).max(1);
+    let per = row_tiles.div_ceil(groups);
     // Filled on the calling thread into a buffer outside its scratch (the tasks below may run on
     // this thread and use the scratch), kept per layout between calls.
     thread_local! {
@@ -588,71 +614,44 @@ pub fn forward_packed_within(
     SRC.with(|cell| {
         let mut slot = cell.borrow_mut();
         let src = slot.zeroed(plan.src_len, plan.key);
-        within_images(g, packed, x, y, ep, groups, for_each, src);
-    });
-}
-
-#[allow(clippy::too_many_arguments)]
-fn within_images(
-    g: &Geom,
-    packed: &Packed,
-    x: &[f32],
-    y: &mut [f32],
-    ep: Epilogue,
-    groups: usize,
-    for_each: &ForEach<'_>,
-    src: &mut [f32],
-) {
-    let isa = micro::isa();
-    let plan = &packed.plan;
-    let (cin_hw, out_img) = (g.cin * g.hw(), g.cout * g.p());
-    let row_tiles = g.cout.div_ceil(F_ROWS);
-    let per = row_tiles.div_ceil(groups);
-    let s_len = plan.offs.len();
-    for (n, y_n) in y.chunks_mut(out_img).enumerate() {
-        let x_n = &x[n * cin_hw..][..cin_hw];
-        match plan.channel_stride() {
-            // The copy into the padded layout, split by input channels too.
-            Some(stride) if groups > 1 => {
-                let fill_groups = groups.min(g.cin);
-                let per_c = g.cin.div_ceil(fill_groups);
-                let sp = SendPtr(src.as_mut_ptr());
-                assert!(src.len() >= g.cin * stride);
-                for_each(fill_groups, &|grp: usize| {
-                    let (c0, c1) = (grp * per_c, ((grp + 1) * per_c).min(g.cin));
-                    if c0 < c1 {
-                        // SAFETY: channel blocks c0..c1 of `src` (inside it, asserted above),
-                        // written by this task only.
-                        let dst = unsafe {
-                            std::slice::from_raw_parts_mut(
-                                sp.get().add(c0 * stride),
-                                (c1 - c0) * stride,
-                            )
-                        };
-                        plan.fill_channels(g, x_n, c0, c1, dst);
-                    }
-                });
+        for (n, y_n) in y.chunks_mut(out_img).enumerate() {
+            let x_n = &x[n * cin_hw..][..cin_hw];
+            match plan.channel_stride() {
+                // The copy into the padded layout, split by input channels too.
+                Some(stride) if groups > 1 => {
+                    let fill_groups = groups.min(g.cin);
+                    let per_c = g.cin.div_ceil(fill_groups);
+                    let sp = SendPtr(src.as_mut_ptr());
+                    assert!(src.len() >= g.cin * stride);
+                    for_each(fill_groups, &|grp: usize| {
+                        let (c0, c1) = (grp * per_c, ((grp + 1) * per_c).min(g.cin));
+                        if c0 < c1 {
+                            // SAFETY: channel blocks c0..c1 of `src` (inside it, asserted
+                            // above), written by this task only.
+                            let dst = unsafe {
+                                std::slice::from_raw_parts_mut(
+                                    sp.get().add(c0 * stride),
+                                    (c1 - c0) * stride,
+                                )
+                            };
+                            plan.fill_channels(g, x_n, c0, c1, dst);
+                        }
+                    });
+                }
+                _ => plan.fill(g, x_n, src),
             }
-            _ => plan.fill(g, x_n, src),
-        }
-        let yp = SendPtr(y_n.as_mut_ptr());
-        let src = &*src;
-        let task = |grp: usize| {
-            let (t0, t1) = (grp * per, ((grp + 1) * per).min(row_tiles));
-            if t0 >= t1 {
-                return;
-            }
-            // SAFETY: each group writes only its own output channels of this image.
-            let y_n = unsafe { std::slice::from_raw_parts_mut(yp.get(), out_img) };
-            scratch::with(|s| {
-                let out = s.out.any((t1 - t0) * F_ROWS * plan.pt);
-                let a = &packed.a[t0 * s_len * F_ROWS..];
-                run_f(isa, a, t1 - t0, &plan.offs, src, plan.pt, out);
-                plan.emit(g, out, t0 * F_ROWS..(t1 * F_ROWS).min(g.cout), ep, n, y_n);
+            let yp = SendPtr(y_n.as_mut_ptr());
+            let src = &*src;
+            for_each(groups, &|grp: usize| {
+                let (t0, t1) = (grp * per, ((grp + 1) * per).min(row_tiles));
+                if t0 < t1 {
+                    // SAFETY: each group writes only its own output channels of this image.
+                    let y_n = unsafe { std::slice::from_raw_parts_mut(yp.get(), out_img) };
+                    scratch::with(|s| packed.tiles(isa, g, src, t0..t1, &mut s.out, ep, n, y_n));
+                }
             });
-        };
-        for_each(groups, &task);
-    }
+        }
+    });
 }
 
 fn check_forward(g: &Geom, packed: &Packed, x: &[f32], y: &[f32], ep: Epilogue) -> (usize, usize) {
