@@ -54,6 +54,18 @@ pub struct BenchResult {
     pub executor: String,
 }
 
+/// `n` reproducible pseudo-random values in [0, 1) from the xorshift64 state `seed` (advanced).
+pub(crate) fn unit_noise(seed: &mut u64, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            (*seed >> 40) as f32 / (1u64 << 24) as f32
+        })
+        .collect()
+}
+
 /// Runs the benchmark on synthetic input (deterministic pseudo-random pixels).
 pub fn run(clf: &Classifier, opts: &BenchOptions) -> Result<Vec<BenchResult>> {
     if opts.batch_sizes.is_empty() || opts.batch_sizes.contains(&0) {
@@ -67,15 +79,7 @@ pub fn run(clf: &Classifier, opts: &BenchOptions) -> Result<Vec<BenchResult>> {
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     let mut results = Vec::new();
     for &batch in &opts.batch_sizes {
-        let input: Vec<f32> = (0..batch * len)
-            .map(|_| {
-                // xorshift64: cheap, reproducible pixels in [0, 1)
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                (seed >> 40) as f32 / (1u64 << 24) as f32
-            })
-            .collect();
+        let input = unit_noise(&mut seed, batch * len);
         for _ in 0..opts.warmup_requests {
             clf.logits_for_input(&input)?;
         }
