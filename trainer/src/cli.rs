@@ -121,13 +121,17 @@ pub struct ReproduceArgs {
     /// Seeds per setting (more where differences are small).
     #[arg(long, default_value_t = 1)]
     pub seeds: u64,
+    /// Multiply every run's iterations, LR milestones and evaluation interval by this factor
+    /// (e.g. 4.4 turns the cpu scale's 800-iteration one cycle into 10 epochs).
+    #[arg(long, default_value_t = 1.0)]
+    pub budget: f64,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Directory of the runs, shared by all experiments [default: runs/reproduce].
     #[arg(long, value_name = "DIR")]
     pub runs: Option<PathBuf>,
-    /// Report directory [default: reports/EXPERIMENT-SCALE].
+    /// Report directory [default: reports/EXPERIMENT-SCALE, with -xBUDGET when --budget is not 1].
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// List the runs and whether they are done, without training.
@@ -150,6 +154,9 @@ impl ReproduceArgs {
             vec![self.experiment.clone()]
         };
         crate::device::parse(&self.device)?;
+        if !(self.budget.is_finite() && self.budget > 0.0) {
+            bail!("--budget must be a positive number, got {}", self.budget);
+        }
         Ok(names
             .into_iter()
             .map(|e| crate::reproduce::ReproducePlan {
@@ -164,12 +171,18 @@ impl ReproduceArgs {
                         }
                     })
                     .unwrap_or_else(|| {
-                        PathBuf::from("reports").join(format!("{e}-{}", self.scale))
+                        let stretched = if self.budget == 1.0 {
+                            String::new()
+                        } else {
+                            format!("-x{}", self.budget)
+                        };
+                        PathBuf::from("reports").join(format!("{e}-{}{stretched}", self.scale))
                     }),
                 experiment: e,
                 scale: self.scale.clone(),
                 data: self.data.clone(),
                 seeds: self.seeds,
+                budget: self.budget,
                 device: self.device.clone(),
                 runs_root: self
                     .runs

@@ -10,6 +10,7 @@ fn plan(exp: &str, data: &std::path::Path, root: &std::path::Path) -> ReproduceP
         scale: "tiny".into(),
         data: data.to_path_buf(),
         seeds: 2,
+        budget: 1.0,
         device: "cpu".into(),
         runs_root: root.join("runs"),
         out: root.join("reports").join(exp),
@@ -85,5 +86,29 @@ fn tiny_step_size_and_lr_range() {
         r.verdicts[0].detail.contains("max LR") || r.verdicts[0].verdict == "inconclusive",
         "{:?}",
         r.verdicts
+    );
+}
+
+#[test]
+fn a_budget_factor_gives_longer_runs_of_their_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("d");
+    std::fs::create_dir(&data).unwrap();
+    common::make_idx(&data, 240, 12, 4, 11);
+    let mut p = plan("sc-vs-pc", &data, tmp.path());
+    p.seeds = 1;
+    p.budget = 2.0;
+    let r = reproduce(&p).unwrap().unwrap();
+    assert!(r.budget.contains("stretched 2x"), "{}", r.budget);
+    let dirs: Vec<&str> = r
+        .rows
+        .iter()
+        .flat_map(|x| x.runs.iter())
+        .map(|d| d.as_str())
+        .collect();
+    assert!(
+        dirs.iter().any(|d| d.contains("-one-cycle-20it-"))
+            && dirs.iter().any(|d| d.contains("-piecewise-60it-")),
+        "{dirs:?}"
     );
 }

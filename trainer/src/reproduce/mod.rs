@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-pub use preset::{expand, load, PlannedRun, Role, PRESETS};
+pub use preset::{expand, load, stretch, PlannedRun, Role, PRESETS};
 pub use report::{build_report, Report};
 
 use crate::train::{fit, FitOptions, Outcome, Summary};
@@ -21,6 +21,8 @@ pub struct ReproducePlan {
     pub scale: String,
     pub data: PathBuf,
     pub seeds: u64,
+    /// Every run's iterations, milestones and evaluation interval times this (1: the preset's).
+    pub budget: f64,
     pub device: String,
     /// Where the runs live (shared by all experiments so that identical runs are done once).
     pub runs_root: PathBuf,
@@ -75,7 +77,7 @@ fn do_run(r: &PlannedRun, progress: bool) -> anyhow::Result<()> {
 /// Runs the experiment and writes the report; returns it.
 pub fn reproduce(plan: &ReproducePlan) -> anyhow::Result<Option<Report>> {
     let preset = load(&plan.experiment)?;
-    let (scale, runs) = expand(
+    let (mut scale, mut runs) = expand(
         &preset,
         &plan.scale,
         &plan.data,
@@ -83,6 +85,17 @@ pub fn reproduce(plan: &ReproducePlan) -> anyhow::Result<Option<Report>> {
         &plan.device,
         &plan.runs_root,
     )?;
+    if plan.budget != 1.0 {
+        for r in &mut runs {
+            stretch(&mut r.config, plan.budget)
+                .with_context(|| format!("preset {} / {}", plan.experiment, r.label))?;
+            r.dir = preset::run_dir(&plan.runs_root, &r.config);
+        }
+        scale.budget = format!(
+            "{} -- stretched {}x by --budget (iterations, milestones, evaluation interval)",
+            scale.budget, plan.budget
+        );
+    }
     eprintln!(
         "{} ({} scale): {} runs. Budget: {}",
         preset.title,

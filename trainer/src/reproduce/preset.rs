@@ -120,6 +120,34 @@ pub fn run_dir(root: &Path, cfg: &TrainConfig) -> PathBuf {
     ))
 }
 
+/// Stretches a run's budget by `factor`: iterations (or epochs), the evaluation interval, and
+/// every schedule position given in iterations (PC-LR milestones, CLR half cycles) scale together,
+/// so the comparison keeps its shape (one cycle's phases are fractions of the run already).
+pub fn stretch(cfg: &mut TrainConfig, factor: f64) -> anyhow::Result<()> {
+    if !(factor.is_finite() && factor > 0.0) {
+        bail!("--budget must be a positive number, got {factor}");
+    }
+    if factor == 1.0 {
+        return Ok(());
+    }
+    let scale = |n: usize| ((n as f64 * factor).round() as usize).max(1);
+    cfg.iterations = cfg.iterations.map(scale);
+    cfg.epochs = cfg.epochs.map(|e| e * factor);
+    cfg.eval_every = scale(cfg.eval_every);
+    match &mut cfg.schedule {
+        crate::schedule::Schedule::Piecewise { milestones, .. } => {
+            for m in milestones.iter_mut() {
+                *m = scale(*m);
+            }
+        }
+        crate::schedule::Schedule::Clr { step_size, .. } => *step_size = scale(*step_size),
+        crate::schedule::Schedule::OneCycle { .. }
+        | crate::schedule::Schedule::Constant { .. }
+        | crate::schedule::Schedule::Range { .. } => {}
+    }
+    cfg.validate()
+}
+
 /// The runs of `experiment` at `scale` for `seeds` seeds (0..seeds), on the data at `data`.
 pub fn expand(
     preset: &Preset,
@@ -266,15 +294,18 @@ mod tests {
             .map(|r| r.dir)
             .collect()
         };
-        let base = dirs("sc-vs-pc");
-        for other in ["train-size", "depth"] {
-            let d = dirs(other);
-            assert!(
-                base.iter().all(|b| d.contains(b)),
-                "{other} does not reuse the sc-vs-pc runs"
-            );
-        }
-        assert!(dirs("step-size").contains(&base[0]));
+        // The ResNet-20 pair at the cpu budget (800 vs 6,400 iterations, all images) is in both
+        // train-size and depth, and its one cycle is step-size's 800-iteration cycle.
+        let depth = dirs("depth");
+        let shared: Vec<_> = dirs("train-size")
+            .into_iter()
+            .filter(|d| depth.contains(d))
+            .collect();
+        assert_eq!(shared.len(), 2, "{shared:?}");
+        assert!(dirs("step-size").iter().any(|d| shared.contains(d)));
+        // sc-vs-pc's cpu pair is the 10-epoch one: the same as train-size stretched by 4.4
+        // except for its finer evaluation interval, so it is not shared.
+        assert!(dirs("sc-vs-pc").iter().all(|d| !depth.contains(d)));
     }
 
     #[test]
@@ -298,5 +329,38 @@ mod tests {
             .unwrap()
             .contains(r#""precision":"bf16""#));
         assert_ne!(run_dir(Path::new("r"), &cfg), f32_dir);
+    }
+
+    #[test]
+    fn a_budget_factor_stretches_iterations_milestones_and_evaluation_together() {
+        let p = load("train-size").unwrap();
+        let (_, runs) = expand(&p, "cpu", Path::new("d"), 1, "cpu", Path::new("r")).unwrap();
+        let mut pc = runs
+            .iter()
+            .find(|r| r.role == Role::Pc)
+            .unwrap()
+            .config
+            .clone();
+        assert_eq!(pc.iterations, Some(6400));
+        let before = run_dir(Path::new("r"), &pc);
+        stretch(&mut pc, 1.0).unwrap();
+        assert_eq!(
+            run_dir(Path::new("r"), &pc),
+            before,
+            "factor 1 changes nothing"
+        );
+        stretch(&mut pc, 4.4).unwrap();
+        assert_eq!((pc.iterations, pc.eval_every), (Some(28_160), 440));
+        match &pc.schedule {
+            crate::schedule::Schedule::Piecewise { milestones, .. } => {
+                assert_eq!(milestones, &vec![17_600, 24_640])
+            }
+            s => panic!("{s:?}"),
+        }
+        assert_ne!(run_dir(Path::new("r"), &pc), before);
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let e = stretch(&mut pc.clone(), bad).unwrap_err().to_string();
+            assert!(e.contains("--budget"), "{e}");
+        }
     }
 }
