@@ -19,12 +19,18 @@ fn plan(exp: &str, data: &std::path::Path, root: &std::path::Path) -> ReproduceP
     }
 }
 
-#[test]
-fn tiny_sc_vs_pc_writes_the_report_and_does_not_redo_runs() {
+/// A scratch directory with 240 generated 12x12 images of 4 classes in `d/`.
+fn tiny_data(seed: u64) -> (tempfile::TempDir, std::path::PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("d");
     std::fs::create_dir(&data).unwrap();
-    common::make_idx(&data, 240, 12, 4, 9);
+    common::make_idx(&data, 240, 12, 4, seed);
+    (tmp, data)
+}
+
+#[test]
+fn tiny_sc_vs_pc_writes_the_report_and_does_not_redo_runs() {
+    let (tmp, data) = tiny_data(9);
     let p = plan("sc-vs-pc", &data, tmp.path());
     let report = reproduce(&p).unwrap().unwrap();
     assert_eq!(report.rows.len(), 2);
@@ -70,10 +76,7 @@ fn tiny_sc_vs_pc_writes_the_report_and_does_not_redo_runs() {
 
 #[test]
 fn tiny_step_size_and_lr_range() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("d");
-    std::fs::create_dir(&data).unwrap();
-    common::make_idx(&data, 240, 12, 4, 10);
+    let (tmp, data) = tiny_data(10);
     let mut p = plan("step-size", &data, tmp.path());
     p.seeds = 1;
     let r = reproduce(&p).unwrap().unwrap();
@@ -91,10 +94,7 @@ fn tiny_step_size_and_lr_range() {
 
 #[test]
 fn a_budget_factor_gives_longer_runs_of_their_own() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("d");
-    std::fs::create_dir(&data).unwrap();
-    common::make_idx(&data, 240, 12, 4, 11);
+    let (tmp, data) = tiny_data(11);
     let mut p = plan("sc-vs-pc", &data, tmp.path());
     p.seeds = 1;
     p.budget = 2.0;
