@@ -46,6 +46,14 @@ fn tiny_sc_vs_pc_writes_the_report_and_does_not_redo_runs() {
             "{v:?}"
         );
     }
+    // Claim 2 also states PC-LR's accuracy at one cycle's budget (evaluated at iteration 10).
+    assert!(
+        report.verdicts[1]
+            .detail
+            .contains("at one cycle's budget of 10 iterations PC-LR had"),
+        "{:?}",
+        report.verdicts[1]
+    );
     let md = std::fs::read_to_string(p.out.join("report.md")).unwrap();
     assert!(
         md.contains("| one-cycle |") && md.contains("92.4") && md.contains("Claim 1"),
