@@ -154,9 +154,6 @@ impl ReproduceArgs {
             vec![self.experiment.clone()]
         };
         crate::device::parse(&self.device)?;
-        if !(self.budget.is_finite() && self.budget > 0.0) {
-            bail!("--budget must be a positive number, got {}", self.budget);
-        }
         Ok(names
             .into_iter()
             .map(|e| crate::reproduce::ReproducePlan {

@@ -384,9 +384,7 @@ impl Packed {
             shape: [g.cin, g.h, g.w, g.cout, g.k, g.stride, g.pad],
         }
     }
-}
 
-impl Packed {
     /// Image `n`'s output channels of row tiles `tiles`, from its source buffer (laid out by
     /// the plan), through the epilogue into `y_n`; `out` holds the tile rows in between.
     #[allow(clippy::too_many_arguments)]

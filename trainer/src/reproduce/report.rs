@@ -117,7 +117,6 @@ fn read_run(dir: &Path) -> anyhow::Result<RunResult> {
     })
 }
 
-/// Compares two stats: the verdict of "a > b" with its margin.
 /// Claim 3 from the one-cycle minus PC-LR accuracy gap (and its standard error) with the fewest
 /// images (`small`) and with all of them (`all`): it holds when one cycle helps with few images
 /// (a positive gap) and helps more than with all of them; when one cycle does not help at the small
@@ -207,6 +206,7 @@ fn step_size_verdict(measured: &[(&Row, &Stat)]) -> (String, String) {
     )
 }
 
+/// Compares two stats: the verdict of "a > b" with its margin.
 fn compare(a: &Stat, b: &Stat) -> (String, String) {
     let diff = a.mean - b.mean;
     let n = a.n.min(b.n);
