@@ -5,6 +5,10 @@
 #   BATCHES  images per request, comma-separated (default 1,64)
 #   THREADS  threads for both runtimes (default: all cores, nproc)
 #   BENCH_SECONDS  minimum measuring time per batch size and runtime, in seconds (default 3)
+#   ISA=avx2|avx512|portable  caps sc-runtime's kernels (SC_KERNELS_ISA). tract and onnxruntime
+#                  pick their kernels for the CPU at run time and cannot be capped from outside
+#                  (MLAS has no run-time switch; its ISA is fixed by CPUID), so on a wider CPU
+#                  they run uncapped: the script says so.
 # Makes .venv-bench (python3 -m venv + pip install onnxruntime numpy) on first use.
 set -euo pipefail
 
@@ -21,29 +25,41 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import onnxruntime, n
 fi
 cargo build --release --quiet -p sc-runtime --manifest-path "$root/Cargo.toml"
 
+bash "$root/scripts/cpu-info.sh"
+case "${ISA:-}" in
+    "") ;;
+    avx512|avx2|portable) export SC_KERNELS_ISA=$ISA
+        echo "ISA cap: sc-runtime's kernels at $ISA; tract and onnxruntime uncapped (no switch exists)" ;;
+    *) echo "ISA=$ISA: expected avx512, avx2 or portable" >&2; exit 2 ;;
+esac
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 echo "model $model, batches $batches, $threads threads, >= ${seconds}s per measurement" >&2
 "$root/target/release/sc-runtime" bench "$model" --batch "$batches" --threads "$threads" \
     --seconds "$seconds" --json > "$out/sc.json"
-# The same with tract's own executor (what sc-runtime falls back to for graphs the native one
-# does not take).
+# The same with each executor forced: the native one (sc-kernels convolutions) and tract's own
+# plan (what sc-runtime falls back to for graphs the native one does not take).
+SC_RUNTIME_ENGINE=native "$root/target/release/sc-runtime" bench "$model" --batch "$batches" \
+    --threads "$threads" --seconds "$seconds" --json > "$out/native.json"
 SC_RUNTIME_ENGINE=tract "$root/target/release/sc-runtime" bench "$model" --batch "$batches" \
     --threads "$threads" --seconds "$seconds" --json > "$out/tract.json"
 "$venv/bin/python" "$root/scripts/bench_onnxruntime.py" "$model" --batch "$batches" \
     --threads "$threads" --seconds "$seconds" > "$out/ort.json"
 
-"$venv/bin/python" - "$out/sc.json" "$out/ort.json" "$out/tract.json" <<'PY'
+"$venv/bin/python" - "$out/sc.json" "$out/ort.json" "$out/tract.json" "$out/native.json" <<'PY'
 import json, sys
-sc, ort, tr = (json.load(open(p)) for p in sys.argv[1:4])
-print(f"executor: {sc[0]['executor'] if sc else '?'}")
+sc, ort, tr, nat = (json.load(open(p)) for p in sys.argv[1:5])
+print(f"executor chosen: {sc[0]['executor'] if sc else '?'}")
 print(f"{'batch':>5} {'threads':>7} | {'sc-runtime img/s':>16} {'p50 ms':>8} {'p99 ms':>8} | "
-      f"{'onnxruntime img/s':>17} {'p50 ms':>8} {'p99 ms':>8} | {'ratio':>5} | {'tract img/s':>11} {'ratio':>5}")
-for s, o, t in zip(sc, ort, tr):
+      f"{'onnxruntime img/s':>17} {'p50 ms':>8} {'p99 ms':>8} | {'vs ort':>6} {'vs tract':>8} | "
+      f"{'native img/s':>12} {'tract img/s':>11}")
+for s, o, t, n in zip(sc, ort, tr, nat):
     print(f"{s['batch']:>5} {s['threads']:>7} | {s['images_per_second']:>16.0f} "
           f"{s['latency_ms_p50']:>8.3f} {s['latency_ms_p99']:>8.3f} | "
           f"{o['images_per_second']:>17.0f} {o['latency_ms_p50']:>8.3f} {o['latency_ms_p99']:>8.3f} | "
-          f"{s['images_per_second'] / o['images_per_second']:>5.2f} | "
-          f"{t['images_per_second']:>11.0f} {t['images_per_second'] / o['images_per_second']:>5.2f}")
-print("ratio = images/s / onnxruntime images/s; tract = sc-runtime with SC_RUNTIME_ENGINE=tract")
+          f"{s['images_per_second'] / o['images_per_second']:>6.2f} "
+          f"{s['images_per_second'] / t['images_per_second']:>8.2f} | "
+          f"{n['images_per_second']:>12.0f} {t['images_per_second']:>11.0f}")
+print("sc-runtime = the executor chosen at load; vs ort / vs tract = its images/s over onnxruntime's /"
+      " over sc-runtime with SC_RUNTIME_ENGINE=tract; native = SC_RUNTIME_ENGINE=native")
 PY

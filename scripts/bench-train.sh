@@ -7,6 +7,9 @@
 #   THREADS  threads for both (default 2)
 #   BENCH_SECONDS  minimum measuring time per configuration (default 8)
 #   BENCH_OPS=0    skip the per-convolution GFLOP/s table
+#   ISA=avx2|avx512|portable  the instruction set both sides are capped to (default: the CPU's
+#                  widest). Ours: SC_KERNELS_ISA; PyTorch: ATEN_CPU_CAPABILITY and
+#                  ONEDNN_MAX_CPU_ISA (portable caps PyTorch to its plain 'default' kernels).
 # Makes .venv-bench (python3 -m venv + pip install torch, CPU use only) on first use.
 set -euo pipefail
 
@@ -24,6 +27,15 @@ if ! "$venv/bin/python" -c 'import torch' 2>/dev/null; then
 fi
 
 export RAYON_NUM_THREADS=$threads
+bash "$root/scripts/cpu-info.sh"
+case "${ISA:-}" in
+    "") ;;
+    avx512) export SC_KERNELS_ISA=avx512 ATEN_CPU_CAPABILITY=avx512 ONEDNN_MAX_CPU_ISA=AVX512_CORE ;;
+    avx2) export SC_KERNELS_ISA=avx2 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 ;;
+    portable) export SC_KERNELS_ISA=portable ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 ;;
+    *) echo "ISA=$ISA: expected avx512, avx2 or portable" >&2; exit 2 ;;
+esac
+echo "ISA cap: ${ISA:-none} (SC_KERNELS_ISA=${SC_KERNELS_ISA:-unset} ATEN_CPU_CAPABILITY=${ATEN_CPU_CAPABILITY:-unset} ONEDNN_MAX_CPU_ISA=${ONEDNN_MAX_CPU_ISA:-unset})"
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 echo "configs $configs, $threads threads, >= ${seconds}s per measurement" >&2

@@ -72,7 +72,11 @@ fn runtime_accuracy_equals_the_trainers_on_the_same_weights() {
     let (_, trainer_acc) = net.evaluate(&x, &y, (3, 32, 32), 17).unwrap();
 
     // The runtime's, from the exported file alone.
-    let clf = Classifier::load(run.join("model.onnx")).unwrap();
+    // The native executor (forced: the load-time timing may pick either on a loaded machine).
+    let clf = Classifier::load(run.join("model.onnx"))
+        .unwrap()
+        .with_native()
+        .unwrap();
     assert_eq!(clf.classes()[0], "airplane");
     assert!(clf.executor().starts_with("native"), "{}", clf.executor());
     let eval = clf.evaluate(&test).unwrap();

@@ -3,7 +3,7 @@
 //! (`sc_models::kernels::op`); the runtime runs inference on them (`sc_runtime`'s native
 //! executor). Neither framework is a dependency here.
 //!
-//! - [`micro`]: the register-blocked tiles (AVX-512 detected at run time, portable fallback).
+//! - [`micro`]: the register-blocked tiles (AVX-512, AVX2+FMA or portable, detected at run time).
 //! - [`conv`]: NCHW convolution forward, input gradient and weight gradient.
 //! - [`bn`], [`elementwise`]: BatchNorm (training and inference form) fused with ReLU and the
 //!   residual add, and its backward passes.

@@ -1,5 +1,5 @@
 //! The fast CPU kernels against candle's stock ops: values and gradients (through `backward`),
-//! on odd shapes too, with both instruction sets.
+//! on odd shapes too, on every instruction set the CPU has.
 //!
 //! Tolerance: every result within `1e-4 · max(1, max |reference|)` of the stock result (f32
 //! throughout; the kernels sum in a different order, BatchNorm statistics in f64).
@@ -107,16 +107,26 @@ fn check_conv(shape: ConvShape, seed: u64) {
     assert_close(&format!("conv dw {tag}"), &dw1, &dw0);
 }
 
-#[test]
-fn conv_matches_stock_with_both_instruction_sets() {
+/// Runs `f` once under every instruction set this CPU can run (an AVX-512 machine checks the
+/// AVX2 and portable bodies too), one test at a time: the choice is process-wide.
+fn on_every_isa(f: impl Fn()) {
+    static ISA_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = ISA_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let native = micro::isa();
-    for isa in [micro::Isa::Avx512, micro::Isa::Portable] {
+    for isa in micro::available() {
         micro::force_isa(isa);
+        f();
+    }
+    micro::force_isa(native);
+}
+
+#[test]
+fn conv_matches_stock_on_every_instruction_set() {
+    on_every_isa(|| {
         for (i, &s) in CONV_SHAPES.iter().enumerate() {
             check_conv(s, 10 * i as u64);
         }
-    }
-    micro::force_isa(native);
+    });
 }
 
 /// Stride-2 convolutions of non-square inputs whose sides differ in parity, where candle's stock
@@ -299,7 +309,7 @@ fn check_conv_bn(shape: ConvShape, train: bool, residual: bool, relu: bool, seed
 }
 
 #[test]
-fn conv_bn_matches_stock_in_training_and_inference() {
+fn conv_bn_matches_stock_in_training_and_inference_on_every_instruction_set() {
     let shapes = [
         (4, 16, 8, 8, 16, 3, 1, 1),
         (1, 3, 7, 7, 5, 3, 1, 1),
@@ -307,15 +317,18 @@ fn conv_bn_matches_stock_in_training_and_inference() {
         (2, 5, 28, 28, 3, 3, 1, 1),
         (2, 16, 7, 7, 32, 1, 2, 0),
     ];
-    let mut seed = 100;
-    for &s in &shapes {
-        for train in [true, false] {
-            for (residual, relu) in [(false, false), (false, true), (true, true), (true, false)] {
-                check_conv_bn(s, train, residual, relu, seed);
-                seed += 10;
+    on_every_isa(|| {
+        let mut seed = 100;
+        for &s in &shapes {
+            for train in [true, false] {
+                for (residual, relu) in [(false, false), (false, true), (true, true), (true, false)]
+                {
+                    check_conv_bn(s, train, residual, relu, seed);
+                    seed += 10;
+                }
             }
         }
-    }
+    });
 }
 
 #[test]

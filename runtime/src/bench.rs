@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::classifier::Classifier;
 use crate::error::{Result, RuntimeError};
+use crate::noise::unit_noise;
 
 /// What to measure.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,18 +53,6 @@ pub struct BenchResult {
     pub latency_ms_mean: f64,
     /// Which executor ran it ([`Classifier::executor`]).
     pub executor: String,
-}
-
-/// `n` reproducible pseudo-random values in [0, 1) from the xorshift64 state `seed` (advanced).
-pub(crate) fn unit_noise(seed: &mut u64, n: usize) -> Vec<f32> {
-    (0..n)
-        .map(|_| {
-            *seed ^= *seed << 13;
-            *seed ^= *seed >> 7;
-            *seed ^= *seed << 17;
-            (*seed >> 40) as f32 / (1u64 << 24) as f32
-        })
-        .collect()
 }
 
 /// Runs the benchmark on synthetic input (deterministic pseudo-random pixels).

@@ -119,8 +119,9 @@ impl Classifier {
     }
 
     /// Which executor runs the model and why: `native ...` (the `sc-kernels` convolutions, used
-    /// once its logits agree with tract's on probe inputs) or `tract (...)` with the reason.
-    /// `SC_RUNTIME_ENGINE=tract` in the environment at load time forces tract.
+    /// when its logits agree with tract's on probe inputs and it ran faster than tract's plan in a
+    /// short timing at load) or `tract (...)` with the reason. `SC_RUNTIME_ENGINE=tract|native`
+    /// in the environment at load time forces one (native still only after the check).
     pub fn executor(&self) -> &str {
         self.engine.note()
     }
@@ -130,6 +131,16 @@ impl Classifier {
     pub fn with_tract(mut self) -> Self {
         self.engine.use_tract();
         self
+    }
+
+    /// Runs this model on the native executor even where tract's plan timed faster at load (for
+    /// comparisons). An error, with the reason, when the graph did not compile for it or did not
+    /// agree with tract.
+    pub fn with_native(mut self) -> Result<Self> {
+        self.engine
+            .use_native()
+            .map_err(|why| RuntimeError::InvalidArgument(format!("no native executor: {why}")))?;
+        Ok(self)
     }
 
     /// Worker threads for batches and evaluation (default: the machine's available cores).

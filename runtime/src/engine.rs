@@ -1,5 +1,6 @@
-//! The tract side, kept private: one optimized plan per batch size actually used, shared by all
-//! threads, and per-thread sessions that reuse their tract state between runs.
+//! A loaded model, kept private: tract's optimized plan per batch size actually used, shared by
+//! all threads, the executor choice (`executor.rs`: native graph or tract), and per-thread
+//! sessions that reuse their state between runs.
 //!
 //! tract runs a plan on one thread, and a plan specialised to a fixed input shape is its fastest
 //! path, so the engine never runs the symbolic-batch graph: it builds (once, lazily) a plan for each
@@ -14,7 +15,7 @@ use tract_onnx::prelude::*;
 
 use crate::error::{boxed, Result, RuntimeError};
 use crate::guard::catching;
-use crate::native::Graph;
+use crate::executor::{self, Choice, Preference};
 use crate::team::Team;
 
 type Plan = TypedSimplePlan;
@@ -29,18 +30,11 @@ pub(crate) struct Engine {
     plans: Mutex<HashMap<usize, Arc<Plan>>>,
     /// Number of logits per image, read from the first plan's output shape.
     classes: usize,
-    /// The graph compiled for the native executor, when it compiles and agrees with tract.
-    native: Option<Graph>,
-    /// Which executor runs the model, and why.
-    note: String,
+    /// Which executor runs the model, and why (the native graph when it compiled and agreed).
+    choice: Choice,
     /// Thread teams for one request's convolutions, by size.
     teams: Mutex<HashMap<usize, Arc<Team>>>,
 }
-
-/// Probe inputs the native executor must agree with tract on before it is used.
-const PROBES: usize = 2;
-/// Agreement needed: max |native - tract| <= this · max(1, max |tract|) over the probe logits.
-const PROBE_TOLERANCE: f32 = 1e-3;
 
 impl Engine {
     /// Parses the graph with tract and builds the plan for the smallest usable batch, which also
@@ -84,8 +78,11 @@ impl Engine {
             fixed_batch,
             plans: Mutex::new(HashMap::new()),
             classes: 0,
-            native: None,
-            note: String::new(),
+            choice: Choice {
+                native: None,
+                use_native: false,
+                note: String::new(),
+            },
             teams: Mutex::new(HashMap::new()),
         };
         let batch = fixed_batch.unwrap_or(1);
@@ -104,14 +101,8 @@ impl Engine {
             }
         };
         engine.plans.lock().unwrap().insert(batch, plan.clone());
-        let forced = std::env::var("SC_RUNTIME_ENGINE").is_ok_and(|v| v == "tract");
-        let (native, note) = if forced {
-            (None, "tract (SC_RUNTIME_ENGINE=tract)".to_string())
-        } else {
-            engine.native_checked(proto, &plan, batch)
-        };
-        engine.native = native;
-        engine.note = note;
+        let preference = Preference::from_env().map_err(RuntimeError::InvalidArgument)?;
+        engine.choice = executor::choose(proto, &plan, chw, engine.classes, batch, preference);
         Ok(engine)
     }
 
@@ -126,81 +117,23 @@ impl Engine {
 
     /// Leaves the model to tract.
     pub fn use_tract(&mut self) {
-        if self.native.take().is_some() {
-            self.note = "tract (asked for)".into();
-        }
+        self.choice.prefer_tract();
+    }
+
+    /// Runs the model on the native executor, if it compiled and agreed with tract; else the
+    /// reason it cannot.
+    pub fn use_native(&mut self) -> std::result::Result<(), String> {
+        self.choice.prefer_native()
     }
 
     /// Whether the native executor runs the model.
     pub fn is_native(&self) -> bool {
-        self.native.is_some()
-    }
-
-    /// The native graph, if `proto` compiles for it and its logits on probe inputs agree with
-    /// tract's `plan` (for `batch` images); and a note saying which executor runs and why.
-    fn native_checked(
-        &self,
-        proto: &pb::ModelProto,
-        plan: &Arc<Plan>,
-        batch: usize,
-    ) -> (Option<Graph>, String) {
-        let graph = match catching("native", || Graph::compile(proto, self.chw)) {
-            Ok(Ok(g)) if g.classes() == self.classes => g,
-            Ok(Ok(g)) => {
-                return (
-                    None,
-                    format!(
-                        "tract (native: {} outputs, tract {})",
-                        g.classes(),
-                        self.classes
-                    ),
-                )
-            }
-            Ok(Err(why)) => return (None, format!("tract (native executor: {why})")),
-            Err(panic) => return (None, format!("tract (native executor failed: {panic})")),
-        };
-        let [c, h, w] = self.chw;
-        let len = batch * c * h * w;
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut bufs = Vec::new();
-        for probe in 0..PROBES {
-            let input: Vec<f32> = (crate::bench::unit_noise(&mut seed, len).iter())
-                .map(|v| v * 3.0 - 1.5)
-                .collect();
-            let reference = (|| -> TractResult<Vec<f32>> {
-                let t = Tensor::from_shape(&[batch, c, h, w], &input)?;
-                let out = plan.spawn()?.run(tvec!(t.into_tvalue()))?;
-                Ok(out[0].try_as_plain_ram()?.as_slice::<f32>()?.to_vec())
-            })();
-            let Ok(reference) = reference else {
-                return (None, "tract (the probe run failed)".into());
-            };
-            let ours = match catching("native", || graph.run(batch, &input, &mut bufs, None)) {
-                Ok(v) => v,
-                Err(panic) => return (None, format!("tract (native executor failed: {panic})")),
-            };
-            let scale = reference.iter().fold(1f32, |m, v| m.max(v.abs()));
-            // A NaN on either side counts as an unbounded disagreement.
-            let err = ours.iter().zip(&reference).fold(0f32, |m, (a, b)| {
-                let d = (a - b).abs();
-                m.max(if d.is_nan() { f32::INFINITY } else { d })
-            });
-            if ours.len() != reference.len() || err > PROBE_TOLERANCE * scale {
-                return (
-                    None,
-                    format!("tract (native executor disagrees with tract on probe {probe}: max error {err} at scale {scale})"),
-                );
-            }
-        }
-        (
-            Some(graph),
-            "native (sc-kernels convolutions; checked against tract)".into(),
-        )
+        self.choice.running_native().is_some()
     }
 
     /// Which executor runs the model (`native ...` or `tract ...`) and why.
     pub fn note(&self) -> &str {
-        &self.note
+        &self.choice.note
     }
 
     pub fn classes(&self) -> usize {
@@ -273,7 +206,7 @@ impl<'a> Session<'a> {
     /// Runs `batch` images held in `input` (`batch * C * H * W` values) and returns
     /// `batch * classes` logits.
     pub fn run(&mut self, batch: usize, input: &[f32]) -> Result<Vec<f32>> {
-        if let Some(g) = &self.engine.native {
+        if let Some(g) = self.engine.choice.running_native() {
             let bufs = &mut self.bufs;
             let team = self.team.as_deref();
             let run = || g.run(batch, input, bufs, team);

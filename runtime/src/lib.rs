@@ -1,7 +1,8 @@
 //! `sc-runtime`: run super-convergence image classifiers (ONNX) on the CPU, no candle. tract-onnx
 //! parses and plans every model; ResNet-style graphs then run on `sc-kernels` (the trainer's
-//! AVX-512 convolutions) once their logits agree with tract's plan on probe inputs, and everything
-//! else on tract ([`Classifier::executor`] says which and why).
+//! convolutions, AVX-512, AVX2+FMA or portable as the CPU allows) when their logits agree with
+//! tract's plan on probe inputs and they run faster than it, and everything else on tract
+//! ([`Classifier::executor`] says which and why).
 //!
 //! ```no_run
 //! let clf = sc_runtime::Classifier::load("model.onnx")?;
@@ -24,10 +25,12 @@ pub mod data;
 mod engine;
 mod error;
 mod evaluate;
+mod executor;
 mod guard;
 pub mod metadata;
 mod model_file;
 mod native;
+mod noise;
 mod preprocess;
 mod runner;
 mod team;
@@ -37,6 +40,7 @@ pub use contract::{MAX_INPUT_SIDE, MAX_RUN_VALUES};
 pub use data::{Dataset, Split};
 pub use error::{BoxError, Result, RuntimeError};
 pub use evaluate::{ClassAccuracy, Evaluation};
+pub use executor::{check_environment, ENGINE_ENV};
 pub use metadata::{InputSpec, ModelMetadata, Normalization};
 pub use model_file::{Dim, ModelInfo, TensorInfo};
 pub use preprocess::{

@@ -6,6 +6,11 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
+    // A mistyped SC_RUNTIME_ENGINE or SC_KERNELS_ISA is refused before any work.
+    if let Err(e) = sc_runtime::check_environment() {
+        eprintln!("error: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     match cli::run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

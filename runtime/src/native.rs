@@ -1,8 +1,9 @@
 //! The native executor: runs the image-classifier graphs this project exports, and CIFAR ResNets
-//! exported from PyTorch, on `sc-kernels` (the trainer's AVX-512 convolutions) instead of tract's
-//! interpreter. tract stays the loader, the reference and the fallback: a graph is compiled here only
-//! when every node is one of the operations below with constant weights, and it is used only after
-//! its logits agree with tract's plan on probe inputs ([`crate::engine`]).
+//! exported from PyTorch, on `sc-kernels` (the trainer's convolutions: AVX-512, AVX2+FMA or
+//! portable) instead of tract's interpreter. tract stays the loader, the reference and the
+//! fallback: a graph is compiled here only when every node is one of the operations below with
+//! constant weights, and it is used only after its logits agree with tract's plan on probe inputs
+//! and it runs faster than that plan ([`crate::executor`]).
 //!
 //! Operations (NCHW, float32, the batch axis untouched): `Conv` (square kernel, equal strides and
 //! symmetric padding, no groups or dilation, optional bias), `BatchNormalization` (inference form),

@@ -172,7 +172,15 @@ fn resnet_like_graphs_run_natively_and_agree_with_tract() {
     let input = field(4 * 3 * 12 * 12, 99);
     for (bn, normalize) in [(false, false), (true, false), (true, true)] {
         let bytes = resnet_like(bn, normalize, None);
-        let native = load(&bytes).with_threads(1);
+        // The timed choice at load may go either way on these small graphs; the native graph
+        // must exist (compiled and agreed with tract), and the note says why the choice was made.
+        let auto = load(&bytes);
+        assert!(
+            auto.executor().contains("speed"),
+            "no timing in the note: {}",
+            auto.executor()
+        );
+        let native = load(&bytes).with_native().unwrap().with_threads(1);
         assert!(
             native.executor().starts_with("native"),
             "{}",
@@ -184,7 +192,7 @@ fn resnet_like_graphs_run_natively_and_agree_with_tract() {
         let tag = format!("bn {bn}, normalize {normalize}");
         assert_agree(&native.logits_for_input(&input).unwrap(), &want, &tag);
         // One request on two threads: each convolution split over a thread team.
-        let two = load(&bytes).with_threads(2);
+        let two = load(&bytes).with_native().unwrap().with_threads(2);
         for i in 0..4 {
             let one = &input[i * 432..(i + 1) * 432];
             assert_agree(&two.logits_for_input(one).unwrap(), &want[i..i + 1], &tag);
@@ -203,4 +211,7 @@ fn other_operations_fall_back_to_tract_with_the_reason() {
     );
     let input = field(2 * 432, 5);
     assert_eq!(clf.logits_for_input(&input).unwrap().len(), 2);
+    // Asking for the native executor anyway is an error with the same reason.
+    let err = load(&bytes).with_native().err().expect("no native graph").to_string();
+    assert!(err.contains("Sigmoid"), "{err}");
 }

@@ -14,6 +14,11 @@ fn main() -> ExitCode {
     // Training frees and re-allocates every activation each step: keep freed memory in the heap.
     sc_models::kernels::keep_freed_memory();
     let cli = Cli::parse();
+    // A mistyped SC_KERNELS_ISA is refused before any work (the kernels would ignore it).
+    if let Err(e) = sc_kernels::micro::env_cap() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

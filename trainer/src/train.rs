@@ -341,6 +341,9 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
     let val_x = normalize_all(&val, &splits.normalization);
     let val_y: Vec<u32> = val.labels.iter().map(|&l| l as u32).collect();
 
+    if device.is_cpu() {
+        eprintln!("CPU kernels: {}", sc_kernels::micro::describe());
+    }
     eprintln!(
         "{}: {} parameters ({:.2}M), {} train / {} val images {}x{}x{}, {} iterations of {} ({:.1} epochs), {}{}",
         arch.name(),

@@ -19,7 +19,13 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info { model, json } => {
             let info = ModelInfo::read(&model)?;
-            report::info(&info, json)
+            // Which executor would run it and why (a load: tract's plan, the native graph's
+            // check and timing), and the kernels' instruction set.
+            let executor = match Classifier::load_raw(&model) {
+                Ok(clf) => clf.executor().to_string(),
+                Err(e) => format!("(cannot run: {e})"),
+            };
+            report::info(&info, &executor, json)
         }
         Command::Eval {
             model,

@@ -15,9 +15,15 @@ fn print_json(value: &impl Serialize) -> Result<()> {
     Ok(())
 }
 
-pub fn info(info: &ModelInfo, json: bool) -> Result<()> {
+pub fn info(info: &ModelInfo, executor: &str, json: bool) -> Result<()> {
+    let kernels = sc_kernels::micro::describe();
     if json {
-        return print_json(info);
+        let mut value = serde_json::to_value(info)?;
+        if let Some(map) = value.as_object_mut() {
+            map.insert("executor".into(), executor.into());
+            map.insert("kernels".into(), kernels.into());
+        }
+        return print_json(&value);
     }
     let tensor = |t: &TensorInfo| {
         let shape = t.shape.as_ref().map_or("(no shape)".to_string(), |s| {
@@ -51,6 +57,8 @@ pub fn info(info: &ModelInfo, json: bool) -> Result<()> {
     for (k, v) in &info.metadata {
         println!("metadata    {k} = {v}");
     }
+    println!("executor    {executor}");
+    println!("kernels     {kernels}");
     Ok(())
 }
 
