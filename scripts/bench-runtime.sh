@@ -23,7 +23,7 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import onnxruntime, n
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet onnxruntime numpy
 fi
-cargo build --release --quiet -p sc-runtime --manifest-path "$root/Cargo.toml"
+cargo build --release --quiet --workspace --bin sc-runtime --manifest-path "$root/Cargo.toml"
 
 bash "$root/scripts/cpu-info.sh"
 case "${ISA:-}" in

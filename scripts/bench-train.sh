@@ -41,7 +41,7 @@ trap 'rm -rf "$out"' EXIT
 echo "configs $configs, $threads threads, >= ${seconds}s per measurement" >&2
 ops=--no-ops
 [ "${BENCH_OPS:-1}" != 0 ] && ops=
-BENCH_SECONDS=$seconds cargo bench --quiet --manifest-path "$root/Cargo.toml" -p sc-trainer \
+BENCH_SECONDS=$seconds cargo bench --quiet --manifest-path "$root/Cargo.toml" --workspace \
     --bench train_step -- --json --configs "$configs" $ops > "$out/sc.jsonl"
 "$venv/bin/python" "$root/scripts/bench_torch_train.py" --configs "$configs" --threads "$threads" \
     --seconds "$seconds" > "$out/torch.jsonl"
