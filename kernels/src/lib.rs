@@ -1,6 +1,6 @@
 //! `sc-kernels`: the CPU arithmetic of the CIFAR ResNets on plain `f32` slices, with no framework
 //! underneath. The trainer plugs these into candle as custom ops with their own backward passes
-//! (`sc_models::kernels::op`); the runtime runs inference on them (`sc_runtime`'s native
+//! (`sc_models::custom_ops::op`); the runtime runs inference on them (`sc_runtime`'s native
 //! executor). Neither framework is a dependency here.
 //!
 //! - [`micro`]: the register-blocked tiles (AVX-512, AVX2+FMA or portable, detected at run time).

@@ -5,8 +5,8 @@
 //! initializers carry the same names, so a checkpoint maps onto the graph one to one.
 
 pub mod config;
+pub mod custom_ops;
 pub mod init;
-pub mod kernels;
 pub mod onnx;
 pub mod ops;
 pub mod resnet;

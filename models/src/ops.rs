@@ -1,7 +1,7 @@
 //! The hot operations of the networks, in one place so that faster kernels can replace candle's
 //! stock ones without touching the model code.
 //!
-//! On the CPU with f32 tensors these run the kernels of [`crate::kernels`] (candle custom ops with
+//! On the CPU with f32 tensors these run the kernels of [`crate::custom_ops`] (candle custom ops with
 //! their own backward passes); anywhere else (CUDA, f64, shapes the kernels do not take) and when
 //! `SC_STOCK_KERNELS=1` they are candle's stock ops. Both paths compute the same function.
 //!
@@ -58,7 +58,7 @@ pub fn linear(x: &Tensor, l: &Linear) -> Result<Tensor> {
     }
 }
 
-use crate::kernels::{self, bn::Norm, conv::Geom, op};
+use crate::custom_ops::{self, bn::Norm, conv::Geom, op};
 
 fn conv_geom(x_dims: &[usize], w: &Tensor, stride: usize, padding: usize) -> Option<Geom> {
     let &[n, cin, h, wd] = x_dims else {
@@ -73,7 +73,7 @@ fn conv_geom(x_dims: &[usize], w: &Tensor, stride: usize, padding: usize) -> Opt
 
 /// 2-D convolution without bias, NCHW input, OIHW weight, square stride and zero padding.
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
-    if kernels::applicable(&[x, w]) {
+    if custom_ops::applicable(&[x, w]) {
         if let Some(geom) = conv_geom(x.dims(), w, stride, padding) {
             return x
                 .contiguous()?
@@ -192,7 +192,7 @@ fn spec_for<'a>(
         return Ok(None);
     };
     let (rm, rv) = (p.bn.running_mean(), p.bn.running_var());
-    if !kernels::applicable(&[p.weight, gamma, beta, rm, rv]) {
+    if !custom_ops::applicable(&[p.weight, gamma, beta, rm, rv]) {
         return Ok(None);
     }
     let Some(geom) = conv_geom(x_dims, p.weight, p.stride, p.padding) else {
@@ -262,7 +262,7 @@ fn fused_conv_bn(
 ) -> Result<Option<Tensor>> {
     let mut inputs = vec![x];
     inputs.extend(residual);
-    if !kernels::applicable(&inputs) {
+    if !custom_ops::applicable(&inputs) {
         return Ok(None);
     }
     let Some((spec, tensors)) = spec_for(x.dims(), p, train)? else {
@@ -302,7 +302,7 @@ fn fused_block(
     shortcut: &ShortcutParts,
     train: bool,
 ) -> Result<Option<Tensor>> {
-    if !kernels::applicable(&[x]) {
+    if !custom_ops::applicable(&[x]) {
         return Ok(None);
     }
     let Some((s1, t1)) = spec_for(x.dims(), c1, train)? else {
@@ -364,7 +364,7 @@ fn fused_block(
 /// channels appended up to `out_channels`. Equal to a 1x1 stride-2 convolution whose weight is the
 /// identity on the first `C` output channels and zero elsewhere (which is how ONNX gets it).
 pub fn subsample_pad_channels(x: &Tensor, out_channels: usize) -> Result<Tensor> {
-    if kernels::applicable(&[x]) && x.rank() == 4 {
+    if custom_ops::applicable(&[x]) && x.rank() == 4 {
         return x.contiguous()?.apply_op1(op::SubsampleOp { out_channels });
     }
     let (n, c, h, w) = x.dims4()?;

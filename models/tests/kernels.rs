@@ -6,7 +6,7 @@
 
 use candle_core::{DType, Device, ModuleT, Tensor, Var};
 use candle_nn::{BatchNorm, BatchNormConfig, VarBuilder, VarMap};
-use sc_models::kernels::{self, micro};
+use sc_models::custom_ops::{self, micro};
 use sc_models::{ops, ArchConfig, ResNet, Shortcut};
 
 const TOL: f32 = 1e-4;
@@ -96,7 +96,7 @@ fn check_conv(shape: ConvShape, seed: u64) {
         if fast {
             f()
         } else {
-            kernels::with_stock(f)
+            custom_ops::with_stock(f)
         }
     };
     let (y0, dx0, dw0) = run(false);
@@ -287,7 +287,7 @@ fn check_conv_bn(shape: ConvShape, train: bool, residual: bool, relu: bool, seed
         if fast {
             f()
         } else {
-            kernels::with_stock(f)
+            custom_ops::with_stock(f)
         }
     };
     let a = run(&bn_stock, &vm_stock, false);
@@ -348,7 +348,7 @@ fn subsample_pad_matches_stock() {
             if fast {
                 f()
             } else {
-                kernels::with_stock(f)
+                custom_ops::with_stock(f)
             }
         };
         let (y0, d0) = run(false);
@@ -405,7 +405,7 @@ fn resnet_step_matches_stock() {
         };
         let (vm0, m0) = build();
         let (vm1, m1) = build();
-        let stock = kernels::with_stock(|| step(&vm0, &m0));
+        let stock = custom_ops::with_stock(|| step(&vm0, &m0));
         let fast = step(&vm1, &m1);
         for ((name, a), (_, b)) in fast.iter().zip(&stock) {
             assert_close(

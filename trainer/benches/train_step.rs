@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use candle_core::{Device, ModuleT, Tensor, Var};
-use sc_models::kernels::conv::{self, Geom};
+use sc_models::custom_ops::conv::{self, Geom};
 use sc_models::ArchConfig;
 use sc_trainer::optim::{Sgd, SgdConfig};
 use sc_trainer::train::Net;
@@ -40,13 +40,13 @@ fn seconds() -> f64 {
 }
 
 fn threads() -> usize {
-    sc_models::kernels::threads()
+    sc_models::custom_ops::threads()
 }
 
 /// One configuration: prints a JSON line.
 fn child(model: &str, batch: usize) -> anyhow::Result<()> {
     // As the trainer's main does: freed memory is reused, not returned and faulted in again.
-    sc_models::kernels::keep_freed_memory();
+    sc_models::custom_ops::keep_freed_memory();
     let dev = Device::Cpu;
     let depth = ArchConfig::depth_from_name(model).map_err(anyhow::Error::msg)?;
     let arch = ArchConfig::resnet(depth, 3, 32, 32, 10).map_err(anyhow::Error::msg)?;
@@ -94,7 +94,7 @@ fn child(model: &str, batch: usize) -> anyhow::Result<()> {
             "model": model,
             "batch": batch,
             "threads": threads(),
-            "stock": sc_models::kernels::stock_forced(),
+            "stock": sc_models::custom_ops::stock_forced(),
             "steps": steps,
             "images_per_second": (steps * batch) as f64 / dt,
             "step_ms": dt / steps as f64 * 1e3,
@@ -242,7 +242,7 @@ fn ops_report(json: bool) -> anyhow::Result<()> {
 /// Single-thread GFLOP/s of the two inner tiles on cache-resident data: the practical peak of
 /// this core's vector unit (best of many runs).
 fn tiles_report() -> serde_json::Value {
-    use sc_models::kernels::micro;
+    use sc_models::custom_ops::micro;
     let isa = micro::isa();
     let s_len = 288;
     let a = vec![0.5f32; s_len * 8];
@@ -309,7 +309,7 @@ fn main() -> anyhow::Result<()> {
         println!(
             "sc-trainer train step, synthetic 3x32x32, {} threads, kernels: {}",
             threads(),
-            if sc_models::kernels::stock_forced() {
+            if sc_models::custom_ops::stock_forced() {
                 "candle stock (SC_STOCK_KERNELS)"
             } else {
                 "sc-models CPU kernels"

@@ -12,7 +12,7 @@ fn main() -> ExitCode {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
     // Training frees and re-allocates every activation each step: keep freed memory in the heap.
-    sc_models::kernels::keep_freed_memory();
+    sc_models::custom_ops::keep_freed_memory();
     let cli = Cli::parse();
     // A mistyped SC_KERNELS_ISA is refused before any work (the kernels would ignore it).
     if let Err(e) = sc_kernels::micro::env_cap() {

@@ -1,6 +1,6 @@
-//! Fast CPU kernels for the training hot path (convolution, BatchNorm, ReLU, residual add),
-//! plugged into candle as custom ops with their own backward passes; see [`crate::ops`] for the
-//! entry points and when they apply.
+//! The candle glue for the fast CPU kernels of `sc-kernels` on the training hot path
+//! (convolution, BatchNorm, ReLU, residual add): candle custom ops with their own backward
+//! passes ([`op`]); see [`crate::ops`] for the entry points and when they apply.
 //!
 //! `SC_STOCK_KERNELS=1` in the environment (read once) forces candle's stock ops everywhere,
 //! for comparisons and debugging.
