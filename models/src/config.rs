@@ -199,13 +199,8 @@ impl ArchConfig {
     }
 }
 
-/// Per-channel input normalization `(x - mean) / std`, with `x` the pixel scaled to [0, 1].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Normalization {
-    pub mean: Vec<f32>,
-    pub std: Vec<f32>,
-}
+/// Per-channel input normalization, part of the model contract (`sc-data`).
+pub use sc_data::Normalization;
 
 #[cfg(test)]
 mod tests {

@@ -96,7 +96,7 @@ impl Classifier {
             return Err(match metadata {
                 Some(_) => RuntimeError::Metadata {
                     path: path.to_path_buf(),
-                    key: "sc.classes".into(),
+                    key: crate::metadata::keys::CLASSES.into(),
                     problem,
                 },
                 None => RuntimeError::Preprocessing {

@@ -53,7 +53,7 @@ pub(crate) fn resolve(
         (Describe::Given(_), _) => preprocessing(path, problem),
         (_, Some(_)) => RuntimeError::Metadata {
             path: path.to_path_buf(),
-            key: "sc.input".into(),
+            key: crate::metadata::keys::INPUT.into(),
             problem,
         },
         _ => RuntimeError::Contract {
@@ -125,7 +125,7 @@ fn resolve_unchecked(
                 let i = &m.input;
                 let meta_err = |problem: String| RuntimeError::Metadata {
                     path: path.to_path_buf(),
-                    key: "sc.input".into(),
+                    key: crate::metadata::keys::INPUT.into(),
                     problem,
                 };
                 if i.name != graph_input.name {

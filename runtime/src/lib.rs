@@ -19,9 +19,10 @@
 //! that thread and defers to the previously installed hook otherwise (docs/RELIABILITY.md).
 
 pub mod bench;
+/// The dataset readers (`sc-data`), re-exported.
+pub use sc_data::dataset as data;
 mod classifier;
 mod contract;
-pub mod data;
 mod engine;
 mod error;
 mod evaluate;

@@ -1,32 +1,68 @@
-//! The runtime must never depend on candle: apps embedding it stay small and build fast.
+//! The crate boundaries, read from `cargo tree` (which compiles nothing):
+//! - the runtime never depends on candle: apps embedding it stay small and build fast;
+//! - the trainer does not depend on the deployment runtime (tract), not even in its tests;
+//! - `sc-data`, the contract both sides share, depends on neither framework.
 
-#[test]
-fn dependency_tree_has_no_candle() {
+/// `cargo tree` of one workspace package over the given edge kinds, one crate per line.
+fn tree(package: &str, edges: &str) -> String {
     let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
     let out = std::process::Command::new(env!("CARGO"))
-        .args([
-            "tree",
-            "--offline",
-            "-p",
-            "sc-runtime",
-            "--prefix",
-            "none",
-            "-e",
-            "all",
-        ])
+        .args(["tree", "--offline", "-p", package, "--prefix", "none"])
+        .args(["-e", edges])
         .args(["--manifest-path", manifest])
         .output()
         .expect("runs cargo tree");
-    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "cargo tree failed: {}",
+        "cargo tree -p {package} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("tract-onnx"), "unexpected tree:\n{stdout}");
-    let candle: Vec<&str> = stdout.lines().filter(|l| l.contains("candle")).collect();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The lines of `tree` naming any of `crates`.
+fn naming<'a>(tree: &'a str, crates: &[&str]) -> Vec<&'a str> {
+    tree.lines()
+        .filter(|l| crates.iter().any(|c| l.contains(c)))
+        .collect()
+}
+
+#[test]
+fn dependency_tree_has_no_candle() {
+    let tree = tree("sc-runtime", "all");
+    assert!(tree.contains("tract-onnx"), "unexpected tree:\n{tree}");
+    assert!(tree.contains("sc-data"), "unexpected tree:\n{tree}");
+    let candle = naming(&tree, &["candle"]);
     assert!(
         candle.is_empty(),
         "sc-runtime depends on candle: {candle:?}"
     );
+}
+
+#[test]
+fn trainer_does_not_depend_on_the_runtime() {
+    // Dev-dependencies included: the cross-crate tests (train, export, run) live in the root package.
+    let tree = tree("sc-trainer", "all");
+    assert!(
+        tree.contains("candle-core") && tree.contains("sc-data"),
+        "unexpected tree:\n{tree}"
+    );
+    let runtime = naming(&tree, &["tract", "sc-runtime"]);
+    assert!(
+        runtime.is_empty(),
+        "sc-trainer depends on the deployment runtime: {runtime:?}"
+    );
+}
+
+#[test]
+fn shared_contract_crate_has_no_framework() {
+    for package in ["sc-data", "sc-kernels"] {
+        let tree = tree(package, "all");
+        assert!(tree.contains(package), "unexpected tree:\n{tree}");
+        let frameworks = naming(&tree, &["candle", "tract"]);
+        assert!(
+            frameworks.is_empty(),
+            "{package} depends on a framework: {frameworks:?}"
+        );
+    }
 }

@@ -16,8 +16,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use sc_data::dataset::{Dataset, Split};
 use sc_models::Normalization;
-use sc_runtime::data::{Dataset, Split};
 
 /// Data settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

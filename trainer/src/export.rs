@@ -7,6 +7,7 @@ use anyhow::Context;
 use candle_core::{Device, Tensor};
 use serde_json::json;
 
+use sc_data::metadata::{format_val_accuracy, keys};
 use sc_models::onnx::{resnet_to_onnx, to_bytes, ExportOptions};
 
 use crate::config::TrainConfig;
@@ -23,7 +24,7 @@ pub fn write_onnx(
 ) -> anyhow::Result<()> {
     let mut extra = vec![
         (
-            "sc.recipe".to_string(),
+            keys::RECIPE.to_string(),
             json!({
                 "schedule": cfg.schedule,
                 "schedule_text": cfg.schedule.describe(),
@@ -37,12 +38,12 @@ pub fn write_onnx(
             .to_string(),
         ),
         (
-            "sc.producer".to_string(),
+            keys::PRODUCER.to_string(),
             format!("sc-trainer {}", crate::VERSION),
         ),
     ];
     if let Some(a) = val_acc {
-        extra.push(("sc.val_accuracy".to_string(), format!("{a:.6}")));
+        extra.push((keys::VAL_ACCURACY.to_string(), format_val_accuracy(a)));
     }
     let opts = ExportOptions {
         normalization: info.normalization.clone(),

@@ -13,8 +13,8 @@ use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use sc_data::dataset::Dataset;
 use sc_models::{ArchConfig, Normalization, ResNet};
-use sc_runtime::data::Dataset;
 
 use crate::checkpoint::{self, TrainState};
 use crate::config::TrainConfig;
@@ -514,7 +514,7 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
 
     let mut test_acc = None;
     if outcome == Outcome::Finished && cfg.test_eval {
-        let test = Dataset::open(&cfg.data.path, sc_runtime::data::Split::Test)
+        let test = Dataset::open(&cfg.data.path, sc_data::dataset::Split::Test)
             .context("test_eval: cannot read the test split")?;
         let tx = normalize_all(&test, &splits.normalization);
         let ty: Vec<u32> = test.labels.iter().map(|&l| l as u32).collect();

@@ -13,6 +13,8 @@ use candle_core::Tensor;
 use candle_onnx::onnx::{ModelProto, OperatorSetIdProto, StringStringEntryProto};
 use prost::Message;
 
+use sc_data::metadata::{InputSpec, ModelMetadata};
+
 use crate::config::{ArchConfig, Normalization, Shortcut};
 use graph::{attr_float, attr_int, attr_ints, float_value, Dim, GraphBuilder};
 
@@ -21,10 +23,8 @@ use graph::{attr_float, attr_int, attr_ints, float_value, Dim, GraphBuilder};
 pub const OPSET: i64 = 13;
 /// ONNX IR version 7 (ONNX 1.8), what PyTorch writes at opset 13.
 pub const IR_VERSION: i64 = 7;
-/// Name of the graph input.
-pub const INPUT_NAME: &str = "image";
-/// Name of the graph output.
-pub const OUTPUT_NAME: &str = "logits";
+/// Names of the graph input and output (the contract, in `sc-data`).
+pub use sc_data::metadata::{INPUT_NAME, OUTPUT_NAME};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -274,36 +274,14 @@ pub fn resnet_to_onnx(
     )];
     let graph = e.g.finish(&cfg.name(), inputs, outputs);
 
-    let mut meta = vec![
-        (
-            "sc.classes".to_string(),
-            serde_json::to_string(&opts.class_names).expect("json"),
-        ),
-        (
-            "sc.input".to_string(),
-            serde_json::json!({
-                "layout": "NCHW",
-                "channels": c,
-                "height": cfg.height,
-                "width": cfg.width,
-                "pixel_range": [0.0, 1.0],
-                "name": INPUT_NAME,
-            })
-            .to_string(),
-        ),
-        (
-            "sc.normalization".to_string(),
-            serde_json::to_string(norm).expect("json"),
-        ),
-        (
-            "sc.architecture".to_string(),
-            serde_json::json!({ "name": cfg.name(), "config": cfg }).to_string(),
-        ),
-        (
-            "sc.parameters".to_string(),
-            cfg.parameter_count().to_string(),
-        ),
-    ];
+    let mut contract = ModelMetadata::new(
+        opts.class_names.clone(),
+        InputSpec::ours(c, cfg.height, cfg.width),
+    );
+    contract.normalization = Some(norm.clone());
+    contract.architecture = Some(serde_json::json!({ "name": cfg.name(), "config": cfg }));
+    contract.parameters = Some(cfg.parameter_count() as u64);
+    let mut meta = contract.to_props();
     meta.extend(opts.extra_metadata.iter().cloned());
     Ok(ModelProto {
         ir_version: IR_VERSION,

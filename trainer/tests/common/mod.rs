@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use sc_runtime::data::write;
+use sc_data::dataset::write;
 use sc_trainer::cli::default_config;
 use sc_trainer::config::TrainConfig;
 use sc_trainer::schedule::Schedule;
