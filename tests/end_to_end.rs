@@ -33,7 +33,7 @@ fn cifar_dir(dir: &Path) {
 
 /// ResNet-8, batches of 25, 50 validation images.
 fn tiny_config(data: &Path, iterations: usize) -> sc_trainer::config::TrainConfig {
-    let mut cfg = sc_trainer::cli::default_config();
+    let mut cfg = sc_trainer::config::TrainConfig::default();
     cfg.model.name = "resnet8".into();
     cfg.data.path = data.to_path_buf();
     cfg.data.val_size = 50;

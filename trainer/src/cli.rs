@@ -7,10 +7,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use sc_models::Shortcut;
 
-use crate::config::{ModelConfig, TrainConfig};
-use crate::data::DataConfig;
-use crate::optim::{MomentumStyle, SgdConfig};
-use crate::schedule::{Anneal, CyclicMomentum, Schedule};
+use crate::config::TrainConfig;
+use crate::optim::MomentumStyle;
+use crate::schedule::{
+    Anneal, Clr, Constant, CyclicMomentum, OneCycle, Piecewise, Range, Schedule, DEFAULT_MAX_LR,
+    DEFAULT_MIN_LR,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -87,13 +89,13 @@ pub struct LrFindArgs {
     /// Stop when the smoothed loss exceeds this multiple of its minimum [default: 4 exponential, off linear].
     #[arg(long)]
     pub stop_factor: Option<f64>,
-    /// SGD momentum [default: 0.9].
+    #[arg(help = with_default("SGD momentum", TrainConfig::default().optimizer.momentum))]
     #[arg(long)]
     pub momentum: Option<f64>,
-    /// Weight decay [default: 1e-4].
+    #[arg(help = with_default("Weight decay", TrainConfig::default().optimizer.weight_decay))]
     #[arg(long)]
     pub weight_decay: Option<f64>,
-    /// Random-crop padding in pixels [default: 4].
+    #[arg(help = with_default("Random-crop padding in pixels", TrainConfig::default().data.pad))]
     #[arg(long)]
     pub pad: Option<usize>,
     /// Run name [default: lr-find-MODEL-MODE-sSEED].
@@ -202,7 +204,7 @@ impl LrFindArgs {
     pub fn to_plan(&self) -> anyhow::Result<crate::lrfind::LrFindPlan> {
         let mut c = match &self.config {
             Some(p) => TrainConfig::from_file(p)?,
-            None => default_config(),
+            None => TrainConfig::default(),
         };
         self.common.apply(&mut c);
         if c.data.path.as_os_str().is_empty() {
@@ -215,11 +217,11 @@ impl LrFindArgs {
         c.epochs = None;
         c.eval_every = self.eval_every.unwrap_or((self.iterations / 25).max(1));
         c.checkpoint_every = self.iterations;
-        c.schedule = Schedule::Range {
+        c.schedule = Schedule::Range(Range {
             start_lr: start,
             end_lr: end,
             exponential: exp,
-        };
+        });
         if let Some(m) = self.momentum {
             c.optimizer.momentum = m;
         }
@@ -267,10 +269,33 @@ pub enum ScheduleKind {
     Constant,
 }
 
+impl ScheduleKind {
+    /// The kind of a config's schedule (`None` for a range, which only lr-find runs).
+    fn of(schedule: &Schedule) -> Option<ScheduleKind> {
+        match schedule {
+            Schedule::OneCycle(_) => Some(ScheduleKind::OneCycle),
+            Schedule::Clr(_) => Some(ScheduleKind::Clr),
+            Schedule::Piecewise(_) => Some(ScheduleKind::Piecewise),
+            Schedule::Constant(_) => Some(ScheduleKind::Constant),
+            Schedule::Range(_) => None,
+        }
+    }
+
+    /// A schedule of this kind with its defaults.
+    fn default_schedule(self) -> Schedule {
+        match self {
+            ScheduleKind::OneCycle => Schedule::OneCycle(OneCycle::default()),
+            ScheduleKind::Clr => Schedule::Clr(Clr::default()),
+            ScheduleKind::Piecewise => Schedule::Piecewise(Piecewise::default()),
+            ScheduleKind::Constant => Schedule::Constant(Constant::default()),
+        }
+    }
+}
+
 /// Flags shared by `fit`, `lr-find` and `reproduce`: model, data, batch, seed.
 #[derive(Args, Debug, Clone, Default)]
 pub struct CommonArgs {
-    /// Network: resnet20, resnet32, resnet44, resnet56 (the paper), resnet110 [default: resnet20].
+    #[arg(help = with_default("Network: resnet20, resnet32, resnet44, resnet56 (the paper), resnet110", TrainConfig::default().model.name))]
     #[arg(long)]
     pub model: Option<String>,
     /// Training data: a CIFAR-10 binary directory (data_batch_1..5.bin), a CIFAR-100 directory, or a
@@ -280,24 +305,27 @@ pub struct CommonArgs {
     /// Train on a seeded, class-balanced subset of N images (the paper: 10000…40000) [default: all].
     #[arg(long, value_name = "N")]
     pub train_size: Option<usize>,
-    /// Images held out of the training set for validation [default: 5000].
+    #[arg(help = with_default("Images held out of the training set for validation", TrainConfig::default().data.val_size))]
     #[arg(long, value_name = "N")]
     pub val_size: Option<usize>,
     /// Which images are held out: random (seeded) or last (the last N in file order, e.g. the end
     /// of CIFAR-10's data_batch_5) [default: random].
     #[arg(long, value_name = "random|last")]
     pub val_split: Option<crate::data::ValSplit>,
-    /// Images per iteration (the paper: 1000) [default: 128].
+    #[arg(help = with_default("Images per iteration (the paper: 1000)", TrainConfig::default().batch_size))]
     #[arg(long, value_name = "N")]
     pub batch_size: Option<usize>,
-    /// Seed for weights, batch order and augmentation [default: 0].
+    #[arg(help = with_default("Seed for weights, batch order and augmentation", TrainConfig::default().seed))]
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Device: cpu, cuda or cuda:N [default: cpu].
+    #[arg(help = with_default("Device: cpu, cuda or cuda:N", TrainConfig::default().device))]
     #[arg(long)]
     pub device: Option<String>,
-    /// Convolution/matmul arithmetic: f32, or bf16 (mixed precision: bf16 products on f32 master
-    /// weights, f32 BatchNorm and loss; CUDA only) [default: f32].
+    #[arg(help = with_default(
+        "Convolution/matmul arithmetic: f32, or bf16 (mixed precision: bf16 products on f32 \
+         master weights, f32 BatchNorm and loss; CUDA only)",
+        lower(TrainConfig::default().precision),
+    ))]
     #[arg(long, value_name = "f32|bf16")]
     pub precision: Option<crate::config::Precision>,
 }
@@ -322,36 +350,51 @@ pub struct FitArgs {
     /// Learning-rate schedule [default: one-cycle].
     #[arg(long, value_enum)]
     pub schedule: Option<ScheduleKind>,
-    /// one-cycle/clr: lowest LR, at the start (the paper: 0.1) [default: 0.08].
+    #[arg(help = with_default("one-cycle/clr: lowest LR, at the start (the paper: 0.1)", DEFAULT_MIN_LR))]
     #[arg(long)]
     pub min_lr: Option<f64>,
-    /// one-cycle/clr: the peak LR (the paper: 3.0 at batch 1000) [default: 0.8].
+    #[arg(help = with_default("one-cycle/clr: the peak LR (the paper: 3.0 at batch 1000)", DEFAULT_MAX_LR))]
     #[arg(long)]
     pub max_lr: Option<f64>,
     /// one-cycle: LR at the last iteration (1cycle annihilation, e.g. min/1000) [default: --min-lr].
     #[arg(long)]
     pub final_lr: Option<f64>,
-    /// one-cycle: fraction of the run where the LR peaks [default: 0.5].
+    #[arg(help = with_default(
+        "one-cycle: fraction of the run where the LR peaks",
+        OneCycle::default().pct_start,
+    ))]
     #[arg(long)]
     pub pct_start: Option<f64>,
-    /// one-cycle: fraction of the run where the LR is back at --min-lr before annihilation
-    /// (1.0: the paper's triangle; e.g. 0.9 for 1cycle) [default: 1.0].
+    #[arg(help = with_default(
+        "one-cycle: fraction of the run where the LR is back at --min-lr before annihilation \
+         (1.0: the paper's triangle; e.g. 0.9 for 1cycle)",
+        OneCycle::default().cycle_end.unwrap_or(1.0),
+    ))]
     #[arg(long)]
     pub cycle_end: Option<f64>,
-    /// one-cycle: shape between knots [default: linear].
+    #[arg(help = with_default(
+        "one-cycle: shape between knots",
+        lower(OneCycle::default().anneal),
+    ))]
     #[arg(long, value_enum)]
     pub anneal: Option<Anneal>,
     /// Cyclical momentum MAX,MIN (1cycle: 0.95,0.85) [default: off, constant --momentum].
     #[arg(long, value_name = "MAX,MIN")]
     pub cyclic_momentum: Option<String>,
-    /// piecewise/constant: the LR (the paper's PC-LR: 0.35) [default: 0.1].
+    #[arg(help = with_default(
+        "piecewise/constant: the LR (the paper's PC-LR: 0.35)",
+        Piecewise::default().lr,
+    ))]
     #[arg(long)]
     pub lr: Option<f64>,
     /// piecewise: iterations where the LR is multiplied by --gamma, comma-separated
     /// (the paper: 50000,70000) [default: 50% and 75% of the run].
     #[arg(long, value_delimiter = ',')]
     pub milestones: Option<Vec<usize>>,
-    /// piecewise: LR factor at each milestone [default: 0.1].
+    #[arg(help = with_default(
+        "piecewise: LR factor at each milestone",
+        Piecewise::default().gamma,
+    ))]
     #[arg(long)]
     pub gamma: Option<f64>,
     /// clr: iterations per half cycle [default: a quarter of the run].
@@ -361,35 +404,37 @@ pub struct FitArgs {
     /// Training length in iterations (the paper: 10000 one-cycle, 80000 PC-LR).
     #[arg(long, conflicts_with = "epochs")]
     pub iterations: Option<usize>,
-    /// Training length in epochs of the training split [default: 10 when no --iterations].
+    #[arg(help = with_default("Training length in epochs of the training split, when no --iterations", TrainConfig::default().epochs.unwrap_or_default()))]
     #[arg(long)]
     pub epochs: Option<f64>,
-    /// SGD momentum (the paper: 0.9) [default: 0.9].
+    #[arg(help = with_default("SGD momentum (the paper: 0.9)", TrainConfig::default().optimizer.momentum))]
     #[arg(long)]
     pub momentum: Option<f64>,
     /// Nesterov momentum.
     #[arg(long)]
     pub nesterov: bool,
-    /// L2 weight decay (the paper: 1e-4) [default: 1e-4].
+    #[arg(help = with_default("L2 weight decay (the paper: 1e-4)", TrainConfig::default().optimizer.weight_decay))]
     #[arg(long)]
     pub weight_decay: Option<f64>,
     /// Do not decay BatchNorm parameters and biases.
     #[arg(long)]
     pub no_decay_bn: bool,
-    /// Momentum formulation: pytorch (v = m·v + g; w -= lr·v) or caffe (v = m·v + lr·g; w -= v)
-    /// [default: pytorch].
+    #[arg(help = with_default(
+        "Momentum formulation: pytorch (v = m·v + g; w -= lr·v) or caffe (v = m·v + lr·g; w -= v)",
+        lower(TrainConfig::default().optimizer.style),
+    ))]
     #[arg(long, value_enum)]
     pub momentum_style: Option<MomentumStyle>,
-    /// BatchNorm momentum, PyTorch convention (the paper's CLR runs: 0.05) [default: 0.1].
+    #[arg(help = with_default("BatchNorm momentum, PyTorch convention (the paper's CLR runs: 0.05)", TrainConfig::default().model.bn_momentum))]
     #[arg(long)]
     pub bn_momentum: Option<f64>,
-    /// Down-sampling shortcut: a (zero-padding, the paper's) or b (1x1 projection) [default: a].
+    #[arg(help = with_default("Down-sampling shortcut: a (zero-padding, the paper's) or b (1x1 projection)", lower(TrainConfig::default().model.shortcut)))]
     #[arg(long, value_parser = parse_shortcut)]
     pub shortcut: Option<Shortcut>,
     /// No random crop.
     #[arg(long)]
     pub no_crop: bool,
-    /// Random-crop padding in pixels [default: 4].
+    #[arg(help = with_default("Random-crop padding in pixels", TrainConfig::default().data.pad))]
     #[arg(long)]
     pub pad: Option<usize>,
     /// No random horizontal flip.
@@ -410,6 +455,17 @@ pub struct FitArgs {
     /// Checkpoint and stop once N iterations are done (resume later with --resume).
     #[arg(long, value_name = "N")]
     pub stop_after: Option<usize>,
+}
+
+/// A flag's help with its default, read from the one `Default` of the config (so the help and the
+/// behaviour cannot drift apart).
+fn with_default(text: &str, default: impl std::fmt::Display) -> String {
+    format!("{text} [default: {default}]")
+}
+
+/// An enum's name as its flag spells it (`Shortcut::A` → `a`, `Precision::F32` → `f32`).
+fn lower(value: impl std::fmt::Debug) -> String {
+    format!("{value:?}").to_lowercase()
 }
 
 fn parse_shortcut(s: &str) -> Result<Shortcut, String> {
@@ -463,46 +519,13 @@ impl CommonArgs {
     }
 }
 
-/// The config a bare `fit` starts from.
-pub fn default_config() -> TrainConfig {
-    TrainConfig {
-        model: ModelConfig {
-            name: "resnet20".into(),
-            shortcut: Shortcut::A,
-            bn_momentum: 0.1,
-        },
-        data: DataConfig {
-            path: PathBuf::new(),
-            train_size: None,
-            val_size: 5000,
-            split_seed: 0,
-            val_split: Default::default(),
-            crop: true,
-            pad: 4,
-            flip: true,
-        },
-        schedule: Schedule::paper_one_cycle(0.08, 0.8),
-        optimizer: SgdConfig::default(),
-        iterations: None,
-        epochs: Some(10.0),
-        batch_size: 128,
-        seed: 0,
-        eval_every: 0,
-        checkpoint_every: 0,
-        eval_batch_size: 500,
-        device: "cpu".into(),
-        test_eval: false,
-        precision: Default::default(),
-    }
-}
-
 impl FitArgs {
     /// The resolved config: file (or defaults), then flags. Lengths in epochs stay unresolved
     /// until the data is read.
     pub fn to_config(&self) -> anyhow::Result<TrainConfig> {
         let mut c = match &self.config {
             Some(p) => TrainConfig::from_file(p)?,
-            None => default_config(),
+            None => TrainConfig::default(),
         };
         self.common.apply(&mut c);
         if c.data.path.as_os_str().is_empty() {
@@ -565,83 +588,56 @@ impl FitArgs {
         Ok(c)
     }
 
+    /// Lays the schedule flags over the config's schedule.
     fn apply_schedule(&self, c: &mut TrainConfig) -> anyhow::Result<()> {
         let momentum = self
             .cyclic_momentum
             .as_deref()
             .map(parse_cyclic)
             .transpose()?;
-        let kind = match (self.schedule, &c.schedule) {
-            (Some(k), _) => k,
-            (None, Schedule::OneCycle { .. }) => ScheduleKind::OneCycle,
-            (None, Schedule::Clr { .. }) => ScheduleKind::Clr,
-            (None, Schedule::Piecewise { .. }) => ScheduleKind::Piecewise,
-            (None, Schedule::Constant { .. }) => ScheduleKind::Constant,
-            (None, Schedule::Range { .. }) => bail!("a range schedule is for lr-find, not fit"),
-        };
-        // Start from the config's schedule when it is of the same kind, else from defaults.
-        let base = match (kind, c.schedule.clone()) {
-            (ScheduleKind::OneCycle, s @ Schedule::OneCycle { .. }) => s,
-            (ScheduleKind::OneCycle, _) => Schedule::paper_one_cycle(0.08, 0.8),
-            (ScheduleKind::Clr, s @ Schedule::Clr { .. }) => s,
-            (ScheduleKind::Clr, _) => Schedule::Clr {
-                min_lr: 0.08,
-                max_lr: 0.8,
-                step_size: 0,
-                momentum: None,
-            },
-            (ScheduleKind::Piecewise, s @ Schedule::Piecewise { .. }) => s,
-            (ScheduleKind::Piecewise, _) => Schedule::Piecewise {
-                lr: 0.1,
-                milestones: vec![],
-                gamma: 0.1,
-            },
-            (ScheduleKind::Constant, s @ Schedule::Constant { .. }) => s,
-            (ScheduleKind::Constant, _) => Schedule::Constant { lr: 0.1 },
+        // The config's schedule when it is of the chosen kind (or none is chosen), else the
+        // chosen kind's defaults.
+        let base = match self.schedule {
+            Some(k) if Some(k) != ScheduleKind::of(&c.schedule) => k.default_schedule(),
+            _ => c.schedule.clone(),
         };
         c.schedule = match base {
-            Schedule::OneCycle {
-                min_lr,
-                max_lr,
-                final_lr,
-                pct_start,
-                cycle_end,
-                anneal,
-                momentum: m0,
-            } => Schedule::OneCycle {
-                min_lr: self.min_lr.unwrap_or(min_lr),
-                max_lr: self.max_lr.unwrap_or(max_lr),
-                final_lr: self.final_lr.or(final_lr),
-                pct_start: self.pct_start.unwrap_or(pct_start),
-                cycle_end: self.cycle_end.or(cycle_end),
-                anneal: self.anneal.unwrap_or(anneal),
-                momentum: momentum.or(m0),
-            },
-            Schedule::Clr {
-                min_lr,
-                max_lr,
-                step_size,
-                momentum: m0,
-            } => Schedule::Clr {
-                min_lr: self.min_lr.unwrap_or(min_lr),
-                max_lr: self.max_lr.unwrap_or(max_lr),
-                step_size: self.step_size.unwrap_or(step_size),
-                momentum: momentum.or(m0),
-            },
-            Schedule::Piecewise {
-                lr,
-                milestones,
-                gamma,
-            } => Schedule::Piecewise {
-                lr: self.lr.unwrap_or(lr),
-                milestones: self.milestones.clone().unwrap_or(milestones),
-                gamma: self.gamma.unwrap_or(gamma),
-            },
-            Schedule::Constant { lr } => Schedule::Constant {
-                lr: self.lr.unwrap_or(lr),
-            },
-            r @ Schedule::Range { .. } => r,
+            Schedule::OneCycle(mut s) => {
+                set(&mut s.min_lr, self.min_lr);
+                set(&mut s.max_lr, self.max_lr);
+                s.final_lr = self.final_lr.or(s.final_lr);
+                set(&mut s.pct_start, self.pct_start);
+                s.cycle_end = self.cycle_end.or(s.cycle_end);
+                set(&mut s.anneal, self.anneal);
+                s.momentum = momentum.or(s.momentum);
+                Schedule::OneCycle(s)
+            }
+            Schedule::Clr(mut s) => {
+                set(&mut s.min_lr, self.min_lr);
+                set(&mut s.max_lr, self.max_lr);
+                set(&mut s.step_size, self.step_size);
+                s.momentum = momentum.or(s.momentum);
+                Schedule::Clr(s)
+            }
+            Schedule::Piecewise(mut s) => {
+                set(&mut s.lr, self.lr);
+                set(&mut s.milestones, self.milestones.clone());
+                set(&mut s.gamma, self.gamma);
+                Schedule::Piecewise(s)
+            }
+            Schedule::Constant(mut s) => {
+                set(&mut s.lr, self.lr);
+                Schedule::Constant(s)
+            }
+            Schedule::Range(_) => bail!("a range schedule is for lr-find, not fit"),
         };
         Ok(())
+    }
+}
+
+/// A flag, when given, over a config value.
+fn set<T>(value: &mut T, flag: Option<T>) {
+    if let Some(v) = flag {
+        *value = v;
     }
 }

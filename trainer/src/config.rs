@@ -18,31 +18,41 @@ use crate::schedule::Schedule;
 pub struct ModelConfig {
     /// `resnet20`, `resnet32`, `resnet44`, `resnet56`, `resnet110` (or any resnet{6n+2}).
     pub name: String,
-    #[serde(default = "default_shortcut")]
+    #[serde(default = "model_defaults::shortcut")]
     pub shortcut: Shortcut,
     /// BatchNorm momentum, PyTorch convention (= 1 - Caffe's moving_average_fraction;
     /// the paper's CLR runs: 0.05, its PC runs: 0.001).
-    #[serde(default = "default_bn_momentum")]
+    #[serde(default = "model_defaults::bn_momentum")]
     pub bn_momentum: f64,
 }
 
-fn default_shortcut() -> Shortcut {
-    Shortcut::A
-}
-fn default_bn_momentum() -> f64 {
-    0.1
+impl Default for ModelConfig {
+    /// ResNet-20 with the paper's option-A shortcut and PyTorch's BatchNorm momentum 0.1.
+    fn default() -> Self {
+        ModelConfig {
+            name: "resnet20".into(),
+            shortcut: Shortcut::A,
+            bn_momentum: 0.1,
+        }
+    }
 }
 
+field_defaults!(model_defaults for ModelConfig { shortcut: Shortcut, bn_momentum: f64 });
+
 /// Everything a run needs; written to `runs/NAME/config.json` (fully resolved) before the first step.
+///
+/// A file must give `model`, `data`, `schedule`, `batch_size` and its length (`iterations` or
+/// `epochs`); every other field it leaves out takes its value from [`TrainConfig::default`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
     pub model: ModelConfig,
     pub data: DataConfig,
     pub schedule: Schedule,
-    #[serde(default)]
+    #[serde(default = "train_defaults::optimizer")]
     pub optimizer: SgdConfig,
-    /// Training length in iterations (one iteration = one batch). Give this or `epochs`.
+    /// Training length in iterations (one iteration = one batch). Give this or `epochs`; a file
+    /// that leaves both out is an error (the default 10 epochs is the command line's).
     #[serde(default)]
     pub iterations: Option<usize>,
     /// Training length in epochs of the training split (converted to iterations).
@@ -51,30 +61,67 @@ pub struct TrainConfig {
     /// Images per iteration (paper: 1000).
     pub batch_size: usize,
     /// Seed of the weights, the batch order and the augmentation.
-    #[serde(default)]
+    #[serde(default = "train_defaults::seed")]
     pub seed: u64,
     /// Validate every this many iterations (0: once per epoch).
-    #[serde(default)]
+    #[serde(default = "train_defaults::eval_every")]
     pub eval_every: usize,
     /// Checkpoint every this many iterations (0: at every validation).
-    #[serde(default)]
+    #[serde(default = "train_defaults::checkpoint_every")]
     pub checkpoint_every: usize,
     /// Images per forward pass when evaluating.
-    #[serde(default = "default_eval_batch")]
+    #[serde(default = "train_defaults::eval_batch_size")]
     pub eval_batch_size: usize,
     /// `cpu`, `cuda` or `cuda:N`.
-    #[serde(default = "default_device")]
+    #[serde(default = "train_defaults::device")]
     pub device: String,
     /// Evaluate on the data set's test split once at the end (never used for any choice).
-    #[serde(default)]
+    #[serde(default = "train_defaults::test_eval")]
     pub test_eval: bool,
     /// Arithmetic of convolutions and matmuls: `f32`, or `bf16` (mixed precision on a CUDA
     /// device: bf16 products on f32 master weights, f32 BatchNorm, loss and gradients). Left out
     /// of the serialized config when `f32`, so configs (and reproduce's run names) from before
     /// the option stay the same.
-    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    #[serde(
+        default = "train_defaults::precision",
+        skip_serializing_if = "Precision::is_f32"
+    )]
     pub precision: Precision,
 }
+
+impl Default for TrainConfig {
+    /// What a bare `sc-trainer fit --data DIR` trains: ResNet-20, the default one cycle, batch 128
+    /// for 10 epochs on the CPU, validated once per epoch.
+    fn default() -> Self {
+        TrainConfig {
+            model: ModelConfig::default(),
+            data: DataConfig::default(),
+            schedule: Schedule::default(),
+            optimizer: SgdConfig::default(),
+            iterations: None,
+            epochs: Some(10.0),
+            batch_size: 128,
+            seed: 0,
+            eval_every: 0,
+            checkpoint_every: 0,
+            eval_batch_size: 500,
+            device: "cpu".into(),
+            test_eval: false,
+            precision: Precision::F32,
+        }
+    }
+}
+
+field_defaults!(train_defaults for TrainConfig {
+    optimizer: SgdConfig,
+    seed: u64,
+    eval_every: usize,
+    checkpoint_every: usize,
+    eval_batch_size: usize,
+    device: String,
+    test_eval: bool,
+    precision: Precision,
+});
 
 /// The arithmetic of convolutions and matmuls ([`sc_models::ops::set_autocast`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,13 +155,6 @@ impl std::str::FromStr for Precision {
             _ => Err(format!("unknown precision {s:?}: use f32 or bf16")),
         }
     }
-}
-
-fn default_eval_batch() -> usize {
-    500
-}
-fn default_device() -> String {
-    "cpu".into()
 }
 
 impl TrainConfig {
@@ -177,10 +217,8 @@ impl TrainConfig {
         self.optimizer.validate().map_err(anyhow::Error::msg)?;
         if let Some(total) = self.iterations {
             // Length-dependent defaults (clr step size, piecewise milestones) count as given.
-            let mut schedule = self.schedule.clone();
-            schedule.fill_length_defaults(total);
-            schedule
-                .validate(total)
+            self.schedule
+                .for_run(total)
                 .map_err(|e| anyhow::anyhow!("schedule: {e}"))?;
         }
         let device = crate::device::parse(&self.device)?;
@@ -193,7 +231,8 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// Converts `epochs` into `iterations` for a training split of `n_train` images.
+    /// Converts `epochs` into `iterations` for a training split of `n_train` images, and resolves
+    /// the schedule for that length ([`Schedule::for_run`]: length defaults filled in, validated).
     pub fn resolve_length(&mut self, n_train: usize) -> anyhow::Result<usize> {
         if self.batch_size > n_train {
             bail!(
@@ -208,12 +247,12 @@ impl TrainConfig {
             (None, Some(e)) => ((e * per_epoch as f64).round() as usize).max(1),
             (None, None) => bail!("give the training length: iterations or epochs"),
         };
+        self.schedule = self
+            .schedule
+            .for_run(total)
+            .map_err(|e| anyhow::anyhow!("schedule: {e}"))?;
         self.iterations = Some(total);
         self.epochs = None;
-        self.schedule.fill_length_defaults(total);
-        self.schedule
-            .validate(total)
-            .map_err(|e| anyhow::anyhow!("schedule: {e}"))?;
         Ok(total)
     }
 }
@@ -280,5 +319,167 @@ weight_decay = 1e-4
         c.iterations = None;
         c.epochs = Some(2.0);
         assert_eq!(c.resolve_length(45_000).unwrap(), 90);
+    }
+
+    #[test]
+    fn fields_a_file_leaves_out_take_the_one_default() {
+        // Only what a file must give, set to the defaults' values: the rest must come out equal.
+        let minimal = r#"
+batch_size = 128
+epochs = 10.0
+[model]
+name = "resnet20"
+[data]
+path = ""
+[schedule]
+kind = "one-cycle"
+min_lr = 0.08
+max_lr = 0.8
+cycle_end = 1.0
+"#;
+        let c: TrainConfig = toml::from_str(minimal).unwrap();
+        assert_eq!(c, TrainConfig::default());
+        // The length is never defaulted from a file.
+        let no_length = minimal.replace("epochs = 10.0", "");
+        let c: TrainConfig = toml::from_str(&no_length).unwrap();
+        assert_eq!((c.iterations, c.epochs), (None, None));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("training length"));
+    }
+
+    /// A run's `config.json` as the trainer wrote it before the schedules became one struct each
+    /// (`runs/NAME/config.json`, pretty-printed): it must still load, and write back the same.
+    const OLD_CONFIG_JSON: &str = r#"{
+  "model": {
+    "name": "resnet20",
+    "shortcut": "a",
+    "bn_momentum": 0.1
+  },
+  "data": {
+    "path": "data/cifar-10-batches-bin",
+    "train_size": null,
+    "val_size": 5000,
+    "split_seed": 0,
+    "crop": true,
+    "pad": 4,
+    "flip": true
+  },
+  "schedule": {
+    "kind": "one-cycle",
+    "min_lr": 0.08,
+    "max_lr": 0.8,
+    "final_lr": 0.0008,
+    "pct_start": 0.45,
+    "cycle_end": 0.9,
+    "anneal": "cos",
+    "momentum": {
+      "max": 0.95,
+      "min": 0.85
+    }
+  },
+  "optimizer": {
+    "momentum": 0.9,
+    "nesterov": false,
+    "weight_decay": 0.0001,
+    "decay_bn_and_bias": true,
+    "style": "pytorch"
+  },
+  "iterations": 3520,
+  "epochs": null,
+  "batch_size": 128,
+  "seed": 0,
+  "eval_every": 0,
+  "checkpoint_every": 0,
+  "eval_batch_size": 500,
+  "device": "cpu",
+  "test_eval": false
+}"#;
+
+    #[test]
+    fn old_format_configs_still_load() {
+        use crate::schedule::{Anneal, Clr, Constant, CyclicMomentum, OneCycle, Piecewise, Range};
+        let c: TrainConfig = serde_json::from_str(OLD_CONFIG_JSON).unwrap();
+        assert_eq!(
+            c.schedule,
+            Schedule::OneCycle(OneCycle {
+                min_lr: 0.08,
+                max_lr: 0.8,
+                final_lr: Some(0.0008),
+                pct_start: 0.45,
+                cycle_end: Some(0.9),
+                anneal: Anneal::Cos,
+                momentum: Some(CyclicMomentum {
+                    max: 0.95,
+                    min: 0.85
+                }),
+            })
+        );
+        assert_eq!(c.iterations, Some(3520));
+        c.validate().unwrap();
+        assert_eq!(
+            serde_json::to_value(&c).unwrap(),
+            serde_json::from_str::<serde_json::Value>(OLD_CONFIG_JSON).unwrap()
+        );
+
+        // Every other kind, in TOML as the presets and users write them, optional keys left out.
+        let with = |schedule: &str| {
+            PAPER.replace(
+                "[schedule]\nkind = \"one-cycle\"\nmin_lr = 0.1\nmax_lr = 3.0\ncycle_end = 1.0\n",
+                &format!("[schedule]\n{schedule}\n"),
+            )
+        };
+        let cases = [
+            (
+                "kind = \"one-cycle\"\nmin_lr = 0.1\nmax_lr = 3.0",
+                Schedule::OneCycle(OneCycle {
+                    cycle_end: None,
+                    ..OneCycle::paper(0.1, 3.0)
+                }),
+            ),
+            (
+                "kind = \"clr\"\nmin_lr = 0.1\nmax_lr = 3.0\nstep_size = 5000",
+                Schedule::Clr(Clr {
+                    min_lr: 0.1,
+                    max_lr: 3.0,
+                    step_size: 5000,
+                    momentum: None,
+                }),
+            ),
+            (
+                "kind = \"piecewise\"\nlr = 0.35\nmilestones = [5000, 7000]",
+                Schedule::Piecewise(Piecewise {
+                    lr: 0.35,
+                    milestones: vec![5000, 7000],
+                    gamma: 0.1,
+                }),
+            ),
+            (
+                "kind = \"constant\"\nlr = 0.2",
+                Schedule::Constant(Constant { lr: 0.2 }),
+            ),
+            (
+                "kind = \"range\"\nstart_lr = 0.001\nend_lr = 3.0",
+                Schedule::Range(Range {
+                    start_lr: 0.001,
+                    end_lr: 3.0,
+                    exponential: false,
+                }),
+            ),
+        ];
+        for (text, expected) in cases {
+            let toml_text = with(text);
+            assert!(toml_text.contains(text), "the PAPER config changed");
+            let c: TrainConfig = toml::from_str(&toml_text).unwrap();
+            assert_eq!(c.schedule, expected, "{text}");
+            c.validate().unwrap();
+        }
+        let bogus = with("kind = \"constant\"\nlr = 0.2\nbogus = 1");
+        let e = toml::from_str::<TrainConfig>(&bogus)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bogus"), "{e}");
     }
 }

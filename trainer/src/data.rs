@@ -27,30 +27,60 @@ pub struct DataConfig {
     pub path: PathBuf,
     /// Train on a seeded, class-balanced subset of this many images (the paper's 10k…40k runs);
     /// absent: everything not held out for validation.
-    #[serde(default)]
+    #[serde(default = "data_defaults::train_size")]
     pub train_size: Option<usize>,
     /// Images held out of the training set for validation (default 5000).
-    #[serde(default = "default_val")]
+    #[serde(default = "data_defaults::val_size")]
     pub val_size: usize,
     /// Seed of the validation split, kept apart from the training seed so that runs with different
     /// seeds are validated on the same images.
-    #[serde(default)]
+    #[serde(default = "data_defaults::split_seed")]
     pub split_seed: u64,
     /// Which images are held out: `random` (drawn with `split_seed`) or `last` (the last
     /// `val_size` images in file order: for CIFAR-10 with 5000, the end of `data_batch_5`, the
     /// split many PyTorch CIFAR scripts use). Left out of a serialized config when `random`.
-    #[serde(default, skip_serializing_if = "ValSplit::is_random")]
+    #[serde(
+        default = "data_defaults::val_split",
+        skip_serializing_if = "ValSplit::is_random"
+    )]
     pub val_split: ValSplit,
     /// Random crop after zero padding by `pad` pixels.
-    #[serde(default = "yes")]
+    #[serde(default = "data_defaults::crop")]
     pub crop: bool,
     /// Padding of the random crop, in pixels (4 for CIFAR, 2 for 28x28).
-    #[serde(default = "default_pad")]
+    #[serde(default = "data_defaults::pad")]
     pub pad: usize,
     /// Random horizontal flip.
-    #[serde(default = "yes")]
+    #[serde(default = "data_defaults::flip")]
     pub flip: bool,
 }
+
+impl Default for DataConfig {
+    /// No path yet (a file must give one; the command line's `--data` sets it); every image not
+    /// held out trains; 5000 random validation images; CIFAR's augmentation (pad 4, crop, flip).
+    fn default() -> Self {
+        DataConfig {
+            path: PathBuf::new(),
+            train_size: None,
+            val_size: 5000,
+            split_seed: 0,
+            val_split: ValSplit::Random,
+            crop: true,
+            pad: 4,
+            flip: true,
+        }
+    }
+}
+
+field_defaults!(data_defaults for DataConfig {
+    train_size: Option<usize>,
+    val_size: usize,
+    split_seed: u64,
+    val_split: ValSplit,
+    crop: bool,
+    pad: usize,
+    flip: bool,
+});
 
 /// How the validation images are chosen ([`DataConfig::val_split`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,16 +108,6 @@ impl std::str::FromStr for ValSplit {
             )),
         }
     }
-}
-
-fn default_val() -> usize {
-    5000
-}
-fn default_pad() -> usize {
-    4
-}
-fn yes() -> bool {
-    true
 }
 
 fn mix(a: u64, b: u64, c: u64) -> u64 {

@@ -1,6 +1,23 @@
 //! `sc-trainer`: train CIFAR ResNets with super-convergence schedules on candle, test the paper's
 //! claims, and export ONNX for `sc-runtime`.
 
+/// serde's defaults for the optional fields of a config struct that also has fields a file must
+/// give (so the struct cannot be `#[serde(default)]` as a whole): each function reads its field
+/// from the struct's one `Default`, so every default value is written once.
+///
+/// `field_defaults!(model_defaults for ModelConfig { bn_momentum: f64 })` makes
+/// `model_defaults::bn_momentum()`, for `#[serde(default = "model_defaults::bn_momentum")]`.
+macro_rules! field_defaults {
+    ($module:ident for $ty:ty { $($field:ident: $t:ty),* $(,)? }) => {
+        mod $module {
+            use super::*;
+            $(pub fn $field() -> $t {
+                <$ty as Default>::default().$field
+            })*
+        }
+    };
+}
+
 pub mod checkpoint;
 pub mod cli;
 pub mod config;

@@ -8,7 +8,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
-use crate::schedule::Schedule;
+use crate::schedule::{Range, Schedule};
 use crate::train::{fit, FitOptions};
 
 /// One point of the curve.
@@ -256,11 +256,11 @@ pub struct LrFindPlan {
 /// Runs the test and writes `lr_find.csv`, `lr_find.json` and `lr_find.png` into the run directory.
 pub fn run(plan: &LrFindPlan) -> anyhow::Result<LrFindReport> {
     let mut cfg = plan.config.clone();
-    cfg.schedule = Schedule::Range {
+    cfg.schedule = Schedule::Range(Range {
         start_lr: plan.start_lr,
         end_lr: plan.end_lr,
         exponential: plan.exponential,
-    };
+    });
     let opts = FitOptions {
         progress: plan.progress,
         divergence_is_end: true,

@@ -24,41 +24,27 @@ pub enum MomentumStyle {
     Caffe,
 }
 
-/// Optimizer settings (SGD).
+/// Optimizer settings (SGD); a file may leave out any of them ([`SgdConfig::default`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct SgdConfig {
     /// Momentum when the schedule does not set it (paper: 0.9).
-    #[serde(default = "default_momentum")]
     pub momentum: f64,
-    #[serde(default)]
     pub nesterov: bool,
     /// L2 weight decay (paper: 1e-4).
-    #[serde(default = "default_wd")]
     pub weight_decay: f64,
     /// Also decay BatchNorm scales/shifts and biases (Caffe and the paper: yes; many modern recipes: no).
-    #[serde(default = "yes")]
     pub decay_bn_and_bias: bool,
-    #[serde(default)]
     pub style: MomentumStyle,
 }
 
-fn default_momentum() -> f64 {
-    0.9
-}
-fn default_wd() -> f64 {
-    1e-4
-}
-fn yes() -> bool {
-    true
-}
-
 impl Default for SgdConfig {
+    /// The paper's SGD: momentum 0.9 (PyTorch style), weight decay 1e-4 on every parameter.
     fn default() -> Self {
         SgdConfig {
-            momentum: default_momentum(),
+            momentum: 0.9,
             nesterov: false,
-            weight_decay: default_wd(),
+            weight_decay: 1e-4,
             decay_bn_and_bias: true,
             style: MomentumStyle::Pytorch,
         }
@@ -128,9 +114,14 @@ impl Sgd {
         self.params.iter().map(|p| p.var.clone()).collect()
     }
 
+    /// The momentum of a step: the schedule's when it sets one, else the configured constant.
+    pub fn momentum(&self, scheduled: Option<f64>) -> f64 {
+        scheduled.unwrap_or(self.cfg.momentum)
+    }
+
     /// One update with the given LR and momentum (`None`: the configured momentum).
     pub fn step(&mut self, grads: &GradStore, lr: f64, momentum: Option<f64>) -> Result<()> {
-        let m = momentum.unwrap_or(self.cfg.momentum);
+        let m = self.momentum(momentum);
         let wd = self.cfg.weight_decay;
         for (p, v) in self.params.iter().zip(self.velocity.iter_mut()) {
             let Some(g) = grads.get(p.var.as_tensor()) else {

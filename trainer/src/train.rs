@@ -258,8 +258,8 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
         );
     }
     let splits = cfg.data.load()?;
+    // The length is resolved and the schedule checked for it here; the rest was checked above.
     let total = cfg.resolve_length(splits.train.len())?;
-    cfg.validate()?;
     let train = splits.train.clone();
     let arch = cfg.arch(
         train.channels,
@@ -442,7 +442,7 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
             json!({
                 "iter": done,
                 "lr": point.lr,
-                "momentum": point.momentum.unwrap_or(cfg.optimizer.momentum),
+                "momentum": sgd.momentum(point.momentum),
                 "loss": loss,
                 "train_acc": correct as f64 / b as f64,
                 "images_per_s": inst,

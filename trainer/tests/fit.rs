@@ -157,7 +157,8 @@ fn divergence_stops_with_a_clear_message() {
     let tmp = tempfile::tempdir().unwrap();
     let data = common::make_idx(&tmp.path().join("data").tap_mkdir(), 200, 12, 4, 4);
     let mut cfg = common::tiny_config(&data, 30);
-    cfg.schedule = sc_trainer::schedule::Schedule::Constant { lr: 1e6 };
+    cfg.schedule =
+        sc_trainer::schedule::Schedule::Constant(sc_trainer::schedule::Constant { lr: 1e6 });
     let run = tmp.path().join("run");
     let e = fit(cfg, &run, &quiet()).unwrap_err().to_string();
     assert!(

@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
+use crate::schedule::Schedule;
 
 /// The experiments, with their preset files.
 pub const PRESETS: [(&str, &str); 5] = [
@@ -135,15 +136,13 @@ pub fn stretch(cfg: &mut TrainConfig, factor: f64) -> anyhow::Result<()> {
     cfg.epochs = cfg.epochs.map(|e| e * factor);
     cfg.eval_every = scale(cfg.eval_every);
     match &mut cfg.schedule {
-        crate::schedule::Schedule::Piecewise { milestones, .. } => {
-            for m in milestones.iter_mut() {
+        Schedule::Piecewise(p) => {
+            for m in p.milestones.iter_mut() {
                 *m = scale(*m);
             }
         }
-        crate::schedule::Schedule::Clr { step_size, .. } => *step_size = scale(*step_size),
-        crate::schedule::Schedule::OneCycle { .. }
-        | crate::schedule::Schedule::Constant { .. }
-        | crate::schedule::Schedule::Range { .. } => {}
+        Schedule::Clr(c) => c.step_size = scale(c.step_size),
+        Schedule::OneCycle(_) | Schedule::Constant(_) | Schedule::Range(_) => {}
     }
     cfg.validate()
 }
@@ -267,10 +266,7 @@ mod tests {
             (sc.batch_size, sc.iterations, sc.model.name.as_str()),
             (1000, Some(10_000), "resnet56")
         );
-        assert_eq!(
-            sc.schedule,
-            crate::schedule::Schedule::paper_one_cycle(0.1, 3.0)
-        );
+        assert_eq!(sc.schedule, Schedule::paper_one_cycle(0.1, 3.0));
         assert_eq!(sc.model.bn_momentum, 0.05);
         let pc = &runs[1].config;
         assert_eq!(pc.iterations, Some(80_000));
@@ -352,9 +348,7 @@ mod tests {
         stretch(&mut pc, 4.4).unwrap();
         assert_eq!((pc.iterations, pc.eval_every), (Some(28_160), 440));
         match &pc.schedule {
-            crate::schedule::Schedule::Piecewise { milestones, .. } => {
-                assert_eq!(milestones, &vec![17_600, 24_640])
-            }
+            Schedule::Piecewise(p) => assert_eq!(p.milestones, vec![17_600, 24_640]),
             s => panic!("{s:?}"),
         }
         assert_ne!(run_dir(Path::new("r"), &pc), before);

@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 
 use sc_data::dataset::write;
-use sc_trainer::cli::default_config;
 use sc_trainer::config::TrainConfig;
 use sc_trainer::schedule::Schedule;
 
@@ -65,7 +64,7 @@ pub fn make_cifar(dir: &Path, per_file: usize) -> PathBuf {
 
 /// A small, fast config: ResNet-8 (n = 1), constant-ish one cycle.
 pub fn tiny_config(data: &Path, iterations: usize) -> TrainConfig {
-    let mut c = default_config();
+    let mut c = TrainConfig::default();
     c.model.name = "resnet8".into();
     c.data.path = data.to_path_buf();
     c.data.val_size = 40;
