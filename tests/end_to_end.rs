@@ -5,7 +5,8 @@ use std::path::Path;
 use candle_core::Device;
 use sc_runtime::data::{write, Dataset, Split};
 use sc_runtime::Classifier;
-use sc_trainer::train::{fit, read_run_info, FitOptions, Net};
+use sc_trainer::run_dir::read_run_info;
+use sc_trainer::train::{fit, FitOptions, Net};
 
 /// CIFAR-10 records whose class is a colour (with noise), so a tiny net learns them quickly.
 fn cifar_dir(dir: &Path) {

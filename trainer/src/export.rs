@@ -12,7 +12,7 @@ use sc_models::onnx::{resnet_to_onnx, to_bytes, ExportOptions};
 
 use crate::config::TrainConfig;
 use crate::io::write_atomic;
-use crate::train::{read_config, read_run_info, RunInfo};
+use crate::run_dir::{read_config, read_run_info, RunInfo};
 
 /// Writes the ONNX model of trained weights to `out`, atomically.
 pub fn write_onnx(

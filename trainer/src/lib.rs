@@ -30,6 +30,7 @@ pub mod lrfind;
 pub mod optim;
 pub mod plot;
 pub mod reproduce;
+pub mod run_dir;
 pub mod schedule;
 pub mod train;
 

@@ -204,7 +204,7 @@ pub fn suggest(curve: &[CurvePoint], acc: &[AccPoint], chance: f64) -> LrFindRep
 
 /// Reads a run's metrics into the loss curve and the accuracy points.
 pub fn read_curve(run_dir: &Path) -> anyhow::Result<(Vec<CurvePoint>, Vec<AccPoint>)> {
-    let p = run_dir.join("metrics.jsonl");
+    let p = run_dir.join(crate::run_dir::METRICS);
     let text =
         std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
     let (mut iters, mut lrs, mut losses, mut acc) = (vec![], vec![], vec![], vec![]);
@@ -270,7 +270,7 @@ pub fn run(plan: &LrFindPlan) -> anyhow::Result<LrFindReport> {
         ..FitOptions::default()
     };
     let summary = fit(cfg, &plan.out_dir, &opts)?;
-    let info = crate::train::read_run_info(&plan.out_dir)?;
+    let info = crate::run_dir::read_run_info(&plan.out_dir)?;
     let (curve, acc) = read_curve(&plan.out_dir)?;
     let mut report = suggest(&curve, &acc, 1.0 / info.arch.num_classes as f64);
     report.ended = match &summary.message {

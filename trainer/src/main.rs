@@ -3,7 +3,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use sc_trainer::cli::{Cli, Command};
 use sc_trainer::config::default_runs_dir;
-use sc_trainer::train::{fit, read_config, run_dir_for, FitOptions};
+use sc_trainer::run_dir::{read_config, run_dir_for};
+use sc_trainer::train::{fit, FitOptions};
 
 fn main() -> ExitCode {
     // candle asks the OS for the core count on every matmul unless this is set.

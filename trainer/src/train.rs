@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,58 +10,17 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, ModuleT, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use sc_data::dataset::Dataset;
-use sc_models::{ArchConfig, Normalization, ResNet};
+use sc_models::{ArchConfig, ResNet};
 
 use crate::checkpoint::{self, TrainState};
 use crate::config::TrainConfig;
 use crate::data::{normalize_all, BatchMaker, Loader};
 use crate::io::{write_atomic, write_json};
 use crate::optim::Sgd;
-
-/// Facts about a run that the export and the reports need, written to `run.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RunInfo {
-    pub command: Vec<String>,
-    pub version: String,
-    pub arch: ArchConfig,
-    pub parameters: usize,
-    pub normalization: Normalization,
-    pub class_names: Vec<String>,
-    pub data_source: String,
-    pub train_images: usize,
-    pub val_images: usize,
-    pub iterations: usize,
-}
-
-/// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Outcome {
-    Finished,
-    /// Loss or weights became NaN/Inf.
-    Diverged,
-    /// Stopped by Ctrl-C / SIGTERM after writing a checkpoint.
-    Interrupted,
-}
-
-/// `summary.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Summary {
-    pub outcome: Outcome,
-    pub iterations: usize,
-    pub final_val_acc: Option<f64>,
-    pub final_val_loss: Option<f64>,
-    pub best_val_acc: Option<f64>,
-    pub test_acc: Option<f64>,
-    pub train_seconds: f64,
-    pub images_per_second: f64,
-    pub parameters: usize,
-    pub message: Option<String>,
-}
+use crate::run_dir::{self, Outcome, RunInfo, Summary};
 
 /// Loop options that differ between commands.
 #[derive(Debug, Clone)]
@@ -284,8 +243,8 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
         iterations: total,
     };
     // The resolved config and the run facts go to disk before the first step.
-    write_json(&run_dir.join("config.json"), &cfg)?;
-    write_json(&run_dir.join("run.json"), &info)?;
+    write_json(&run_dir.join(run_dir::CONFIG), &cfg)?;
+    write_json(&run_dir.join(run_dir::RUN_INFO), &info)?;
 
     let net = Net::new(&arch, cfg.seed, &device)?;
     let vars = net.vars();
@@ -304,7 +263,7 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
             ),
         }
     }
-    let metrics_path = run_dir.join("metrics.jsonl");
+    let metrics_path = run_dir.join(run_dir::METRICS);
     if opts.resume {
         truncate_metrics(&metrics_path, state.iteration)?;
     } else {
@@ -538,7 +497,7 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
         parameters: arch.parameter_count(),
         message: message.clone(),
     };
-    write_json(&run_dir.join("summary.json"), &summary)?;
+    write_json(&run_dir.join(run_dir::SUMMARY), &summary)?;
     if outcome == Outcome::Finished && opts.export {
         let out = run_dir.join("model.onnx");
         crate::export::write_onnx(&cfg, &info, &net.tensors(), state.last_val_acc, &out)?;
@@ -570,49 +529,4 @@ fn progress_bar(enabled: bool, total: usize, pos: usize) -> indicatif::ProgressB
     );
     bar.set_position(pos as u64);
     bar
-}
-
-/// Reads a run directory's `run.json`.
-pub fn read_run_info(dir: &Path) -> anyhow::Result<RunInfo> {
-    let p = dir.join("run.json");
-    let text = std::fs::read_to_string(&p).with_context(|| {
-        format!(
-            "cannot read {} (is {} a run directory?)",
-            p.display(),
-            dir.display()
-        )
-    })?;
-    serde_json::from_str(&text).with_context(|| format!("{}: invalid run description", p.display()))
-}
-
-/// Reads a run directory's `config.json`.
-pub fn read_config(dir: &Path) -> anyhow::Result<TrainConfig> {
-    let p = dir.join("config.json");
-    TrainConfig::from_file(&p)
-}
-
-/// `runs/NAME` for a name, or a fresh name from the model and schedule.
-pub fn run_dir_for(runs: &Path, name: Option<&str>, cfg: &TrainConfig) -> PathBuf {
-    match name {
-        Some(n) => runs.join(n),
-        None => {
-            let kind = serde_json::to_value(&cfg.schedule)
-                .ok()
-                .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(String::from))
-                .unwrap_or_else(|| "run".into());
-            let base = format!("{}-{}-s{}", cfg.model.name, kind, cfg.seed);
-            let mut k = 0;
-            loop {
-                let cand = if k == 0 {
-                    base.clone()
-                } else {
-                    format!("{base}-{k}")
-                };
-                if !runs.join(&cand).exists() {
-                    return runs.join(cand);
-                }
-                k += 1;
-            }
-        }
-    }
 }

@@ -2,7 +2,8 @@
 
 mod common;
 
-use sc_trainer::train::{fit, FitOptions, Outcome};
+use sc_trainer::run_dir::Outcome;
+use sc_trainer::train::{fit, FitOptions};
 
 fn quiet() -> FitOptions {
     FitOptions {
@@ -94,7 +95,7 @@ fn same_seed_same_metrics_and_resume_is_exact() {
     assert_eq!((s.outcome, s.iterations), (Outcome::Interrupted, 7));
     opts.resume = true;
     opts.stop_after = Some(13);
-    let cfg_c = sc_trainer::train::read_config(&c).unwrap();
+    let cfg_c = sc_trainer::run_dir::read_config(&c).unwrap();
     assert_eq!(fit(cfg_c.clone(), &c, &opts).unwrap().iterations, 13);
     opts.stop_after = None;
     let s = fit(cfg_c, &c, &opts).unwrap();
@@ -180,7 +181,7 @@ fn cifar_binary_data_trains() {
     cfg.batch_size = 8;
     let s = fit(cfg, &tmp.path().join("run"), &quiet()).unwrap();
     assert_eq!(s.iterations, 3);
-    let info = sc_trainer::train::read_run_info(&tmp.path().join("run")).unwrap();
+    let info = sc_trainer::run_dir::read_run_info(&tmp.path().join("run")).unwrap();
     assert_eq!(
         (info.arch.in_channels, info.arch.height, info.train_images),
         (3, 32, 80)

@@ -5,14 +5,15 @@
 pub mod preset;
 mod report;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 
 pub use preset::{expand, load, stretch, PlannedRun, Role, PRESETS};
 pub use report::{build_report, Report};
 
-use crate::train::{fit, FitOptions, Outcome, Summary};
+use crate::run_dir::{read_summary, Outcome};
+use crate::train::{fit, FitOptions};
 
 /// What to reproduce and where.
 #[derive(Debug, Clone)]
@@ -31,11 +32,6 @@ pub struct ReproducePlan {
     pub progress: bool,
     /// Only list the runs.
     pub dry_run: bool,
-}
-
-fn read_summary(dir: &Path) -> Option<Summary> {
-    let text = std::fs::read_to_string(dir.join("summary.json")).ok()?;
-    serde_json::from_str(&text).ok()
 }
 
 /// Does one planned run (or nothing, when it already finished). Diverged runs are results too.

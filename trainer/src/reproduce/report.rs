@@ -89,8 +89,12 @@ struct RunResult {
 }
 
 fn read_run(dir: &Path) -> anyhow::Result<RunResult> {
-    let text = std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .with_context(|| format!("cannot read {}", dir.join("metrics.jsonl").display()))?;
+    let text = std::fs::read_to_string(dir.join(crate::run_dir::METRICS)).with_context(|| {
+        format!(
+            "cannot read {}",
+            dir.join(crate::run_dir::METRICS).display()
+        )
+    })?;
     let (mut curve, mut lr) = (vec![], vec![]);
     let mut diverged = false;
     for line in text.lines() {
@@ -542,7 +546,7 @@ fn verdicts(
             let row = rows.first().context("lr-range needs a run")?;
             let dir = Path::new(&row.runs[0]);
             let (curve, acc) = lrfind::read_curve(dir)?;
-            let info = crate::train::read_run_info(dir)?;
+            let info = crate::run_dir::read_run_info(dir)?;
             let r = lrfind::suggest(&curve, &acc, 1.0 / info.arch.num_classes as f64);
             match crate::plot::lr_find_plot(&out.join("lr_find.png"), &r, false) {
                 Ok(()) => plots.push("lr_find.png".into()),
