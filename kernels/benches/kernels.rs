@@ -26,7 +26,9 @@ fn time_it(min_s: f64, mut f: impl FnMut()) -> f64 {
 }
 
 fn values(n: usize) -> Vec<f32> {
-    (0..n).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect()
+    (0..n)
+        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+        .collect()
 }
 
 type TileFn = unsafe fn(usize, *const f32, &[isize], *const f32, *mut f32, usize);
@@ -61,7 +63,17 @@ fn dot_tile_gflops(f: DotFn, min_s: f64) -> f64 {
     let t = time_it(min_s, || {
         for _ in 0..reps {
             // SAFETY: every row offset + 16 · nv < 4096; acc holds 4 x 4 values.
-            unsafe { f(&[x.as_ptr()], &xo, &[d.as_ptr()], &dof, nv, acc.as_mut_ptr(), 4) };
+            unsafe {
+                f(
+                    &[x.as_ptr()],
+                    &xo,
+                    &[d.as_ptr()],
+                    &dof,
+                    nv,
+                    acc.as_mut_ptr(),
+                    4,
+                )
+            };
         }
     });
     (2 * 16 * 16 * nv * reps) as f64 / t / 1e9
@@ -136,7 +148,16 @@ fn bn_gbps(min_s: f64) -> (f64, f64) {
             .zip(y.chunks_exact(p).zip(dy.chunks_exact_mut(p)))
         {
             let (s, q) = bn::grad_sums(d, zr, yr, 0.1, true, None);
-            bn::grad_input(d, zr, yr, true, 1.1, (q * 1e-6) as f32, (s * 1e-6) as f32, o);
+            bn::grad_input(
+                d,
+                zr,
+                yr,
+                true,
+                1.1,
+                (q * 1e-6) as f32,
+                (s * 1e-6) as f32,
+                o,
+            );
         }
     });
     let bytes = (y.len() * 4) as f64;
@@ -164,8 +185,10 @@ fn main() {
         micro::detected(),
         sc_kernels::par::threads()
     );
-    let mut bodies: Vec<(String, Option<Isa>)> =
-        micro::available().into_iter().map(|i| (i.to_string(), Some(i))).collect();
+    let mut bodies: Vec<(String, Option<Isa>)> = micro::available()
+        .into_iter()
+        .map(|i| (i.to_string(), Some(i)))
+        .collect();
     #[cfg(target_arch = "x86_64")]
     if micro::detected() >= Isa::Avx2 {
         bodies.insert(1, ("portable-as-avx2".into(), None));
@@ -175,7 +198,9 @@ fn main() {
             Some(i) => {
                 micro::force_isa(i);
                 (
-                    |nv, a, o, b, out, s| unsafe { micro::f_tile(micro::isa(), nv, a, o, b, out, s) },
+                    |nv, a, o, b, out, s| unsafe {
+                        micro::f_tile(micro::isa(), nv, a, o, b, out, s)
+                    },
                     |x, xo, d, dof, nv, out, s| unsafe {
                         micro::dot_tile(micro::isa(), x, xo, d, dof, nv, out, s)
                     },
@@ -199,7 +224,12 @@ fn main() {
         if json {
             let rows: Vec<String> = convs
                 .iter()
-                .map(|r| format!(r#"{{"layer":"{}","fwd":{:.1},"bwd":{:.1}}}"#, r.layer, r.fwd, r.bwd))
+                .map(|r| {
+                    format!(
+                        r#"{{"layer":"{}","fwd":{:.1},"bwd":{:.1}}}"#,
+                        r.layer, r.fwd, r.bwd
+                    )
+                })
                 .collect();
             println!(
                 r#"{{"body":"{name}","f_tile_gflops":[{:.1},{:.1},{:.1}],"dot_tile_gflops":{d:.1},"convs":[{}],"bn_gbps":{}}}"#,
@@ -219,7 +249,10 @@ fn main() {
             continue;
         }
         let peak = f.iter().cloned().fold(0.0, f64::max) * sc_kernels::par::threads() as f64;
-        println!("{:<18} {:>15} {:>15}   (% of f_tile peak x threads = {peak:.0})", "conv", "fwd GFLOP/s", "bwd GFLOP/s");
+        println!(
+            "{:<18} {:>15} {:>15}   (% of f_tile peak x threads = {peak:.0})",
+            "conv", "fwd GFLOP/s", "bwd GFLOP/s"
+        );
         for r in &convs {
             println!(
                 "{:<18} {:>8.1} ({:>3.0}%) {:>8.1} ({:>3.0}%)",

@@ -123,7 +123,10 @@ pub fn affine_act(y: &[f32], r: Option<&[f32]>, a: f32, b: f32, relu: bool, z: &
 pub fn add_masked(dx: &mut [f32], dz: &[f32], z: &[f32]) {
     let n = dx.len();
     assert!(dz.len() >= n && z.len() >= n);
-    dispatch!(avx512::add_masked(dx, dz, z), portable::add_masked(dx, dz, z))
+    dispatch!(
+        avx512::add_masked(dx, dz, z),
+        portable::add_masked(dx, dz, z)
+    )
 }
 
 /// The portable bodies compiled for AVX2 + FMA.
@@ -486,14 +489,23 @@ mod tests {
                     let (s2, q2) = grad_sums(&dz, &z, &y, 0.25, relu, None);
                     let want_s: f64 = g.iter().map(|&v| v as f64).sum();
                     let want_q: f64 = (0..n).map(|i| g[i] as f64 * (y[i] - 0.25) as f64).sum();
-                    for (got, want, what) in [(s, want_s, "s"), (q, want_q, "q"), (s2, want_s, "s2"), (q2, want_q, "q2")] {
+                    for (got, want, what) in [
+                        (s, want_s, "s"),
+                        (q, want_q, "q"),
+                        (s2, want_s, "s2"),
+                        (q2, want_q, "q2"),
+                    ] {
                         close(got, want, &format!("{what} {tag} relu {relu}"));
                     }
                     let mut out = vec![0f32; n];
                     grad_input(&dz, &z, &y, relu, 1.5, -0.5, 0.125, &mut out);
                     for i in 0..n {
                         let want = 1.5 * g[i] as f64 - 0.5 * y[i] as f64 + 0.125;
-                        close(out[i] as f64, want, &format!("grad_input {tag} relu {relu} at {i}"));
+                        close(
+                            out[i] as f64,
+                            want,
+                            &format!("grad_input {tag} relu {relu} at {i}"),
+                        );
                     }
                     for res in [false, true] {
                         let mut out = vec![0f32; n];
@@ -504,7 +516,11 @@ mod tests {
                                 v += dz[i] as f64;
                             }
                             let want = if relu { v.max(0.0) } else { v };
-                            close(out[i] as f64, want, &format!("affine {tag} {relu} {res} at {i}"));
+                            close(
+                                out[i] as f64,
+                                want,
+                                &format!("affine {tag} {relu} {res} at {i}"),
+                            );
                         }
                     }
                 }

@@ -441,7 +441,13 @@ pub mod avx2 {
         // Blocks of 4 rows x 16 columns; see the module doc for the geometries measured.
         for c0 in (0..super::LANES * nv).step_by(16) {
             for r0 in [0, 4] {
-                block::<4, 2>(a.add(r0), offs, b.add(c0), out.add(r0 * ostride + c0), ostride);
+                block::<4, 2>(
+                    a.add(r0),
+                    offs,
+                    b.add(c0),
+                    out.add(r0 * ostride + c0),
+                    ostride,
+                );
             }
         }
     }
@@ -692,7 +698,13 @@ mod portable {
         }
     }
 
-    pub unsafe fn to_channels_last(src: *const f32, stride: usize, c: usize, n: usize, dst: *mut f32) {
+    pub unsafe fn to_channels_last(
+        src: *const f32,
+        stride: usize,
+        c: usize,
+        n: usize,
+        dst: *mut f32,
+    ) {
         for i in 0..n {
             for ch in 0..c {
                 *dst.add(i * c + ch) = *src.add(ch * stride + i);
@@ -768,16 +780,32 @@ mod tests {
                 let ostride = 16 * nv + 5;
                 let mut out = vec![f32::NAN; 8 * ostride];
                 // SAFETY: every offset + 48 < b.len(); a holds 8 · s_len values; out 8 rows.
-                unsafe { f_tile(isa, nv, a.as_ptr(), &offs, b.as_ptr(), out.as_mut_ptr(), ostride) };
+                unsafe {
+                    f_tile(
+                        isa,
+                        nv,
+                        a.as_ptr(),
+                        &offs,
+                        b.as_ptr(),
+                        out.as_mut_ptr(),
+                        ostride,
+                    )
+                };
                 for r in 0..8 {
                     for j in 0..16 * nv {
                         let want: f64 = (0..s_len)
                             .map(|s| a[s * 8 + r] as f64 * b[offs[s] as usize + j] as f64)
                             .sum();
-                        close(out[r * ostride + j], want, &format!("{isa} nv{nv} r{r} j{j}"));
+                        close(
+                            out[r * ostride + j],
+                            want,
+                            &format!("{isa} nv{nv} r{r} j{j}"),
+                        );
                     }
                     assert!(
-                        out[r * ostride + 16 * nv..(r + 1) * ostride].iter().all(|v| v.is_nan()),
+                        out[r * ostride + 16 * nv..(r + 1) * ostride]
+                            .iter()
+                            .all(|v| v.is_nan()),
                         "{isa} nv{nv}: wrote past row {r}"
                     );
                 }
@@ -831,7 +859,15 @@ mod tests {
             // SAFETY: AVX2 and FMA are present (checked above); buffers as in the test above.
             unsafe {
                 portable_as_avx2::f_tile(nv, a.as_ptr(), &offs, b.as_ptr(), p.as_mut_ptr(), 48);
-                f_tile(Isa::Avx2, nv, a.as_ptr(), &offs, b.as_ptr(), h.as_mut_ptr(), 48);
+                f_tile(
+                    Isa::Avx2,
+                    nv,
+                    a.as_ptr(),
+                    &offs,
+                    b.as_ptr(),
+                    h.as_mut_ptr(),
+                    48,
+                );
             }
             for (i, (x, y)) in p.iter().zip(&h).enumerate() {
                 close(*x, *y as f64, &format!("nv{nv} at {i}"));

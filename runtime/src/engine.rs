@@ -14,8 +14,8 @@ use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
 use crate::error::{boxed, Result, RuntimeError};
-use crate::guard::catching;
 use crate::executor::{self, Choice, Preference};
+use crate::guard::catching;
 use crate::team::Team;
 
 type Plan = TypedSimplePlan;

@@ -181,7 +181,9 @@ pub(crate) fn choose(
             ),
         };
     }
-    let timed = catching("native", || race(&graph, plan, [batch, c, h, w], &input, &mut bufs));
+    let timed = catching("native", || {
+        race(&graph, plan, [batch, c, h, w], &input, &mut bufs)
+    });
     let (native_s, tract_s) = match timed {
         Ok(Ok(t)) => t,
         _ => return Choice::tract("tract (timing the native executor failed)".into()),
@@ -208,7 +210,11 @@ pub(crate) fn choose(
 }
 
 /// tract's logits for `input` of `shape`.
-fn run_tract(plan: &Arc<TypedSimplePlan>, shape: [usize; 4], input: &[f32]) -> TractResult<Vec<f32>> {
+fn run_tract(
+    plan: &Arc<TypedSimplePlan>,
+    shape: [usize; 4],
+    input: &[f32],
+) -> TractResult<Vec<f32>> {
     let t = Tensor::from_shape(&shape, input)?;
     let out = plan.spawn()?.run(tvec!(t.into_tvalue()))?;
     Ok(out[0].try_as_plain_ram()?.as_slice::<f32>()?.to_vec())

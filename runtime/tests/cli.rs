@@ -295,15 +295,28 @@ fn executor_and_instruction_set_settings_are_checked() {
     let model = d.join("model.onnx");
     let with_env = |key: &str, value: &str| {
         Command::new(env!("CARGO_BIN_EXE_sc-runtime"))
-            .args([&"info" as &dyn AsRef<std::ffi::OsStr>, &model].iter().map(|a| a.as_ref()))
+            .args(
+                [&"info" as &dyn AsRef<std::ffi::OsStr>, &model]
+                    .iter()
+                    .map(|a| a.as_ref()),
+            )
             .env(key, value)
             .output()
             .expect("runs the binary")
     };
-    fails(&with_env("SC_RUNTIME_ENGINE", "fast"), &["SC_RUNTIME_ENGINE", "fast"]);
-    fails(&with_env("SC_KERNELS_ISA", "avx9"), &["SC_KERNELS_ISA", "avx9"]);
+    fails(
+        &with_env("SC_RUNTIME_ENGINE", "fast"),
+        &["SC_RUNTIME_ENGINE", "fast"],
+    );
+    fails(
+        &with_env("SC_KERNELS_ISA", "avx9"),
+        &["SC_KERNELS_ISA", "avx9"],
+    );
     let tract = ok(&with_env("SC_RUNTIME_ENGINE", "tract"));
-    assert!(tract.contains("executor    tract (SC_RUNTIME_ENGINE=tract)"), "{tract}");
+    assert!(
+        tract.contains("executor    tract (SC_RUNTIME_ENGINE=tract)"),
+        "{tract}"
+    );
     // Every instruction set is accepted (capped to what the CPU has), and the note names it
     // whichever executor the timing picked.
     for isa in ["portable", "avx2", "avx512"] {

@@ -212,6 +212,10 @@ fn other_operations_fall_back_to_tract_with_the_reason() {
     let input = field(2 * 432, 5);
     assert_eq!(clf.logits_for_input(&input).unwrap().len(), 2);
     // Asking for the native executor anyway is an error with the same reason.
-    let err = load(&bytes).with_native().err().expect("no native graph").to_string();
+    let err = load(&bytes)
+        .with_native()
+        .err()
+        .expect("no native graph")
+        .to_string();
     assert!(err.contains("Sigmoid"), "{err}");
 }

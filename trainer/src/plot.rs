@@ -28,7 +28,9 @@ fn register_font() -> anyhow::Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(anyhow!("plotting failed: the compiled-in font did not load"))
+        Err(anyhow!(
+            "plotting failed: the compiled-in font did not load"
+        ))
     }
 }
 
