@@ -34,6 +34,8 @@ mod native;
 mod noise;
 mod preprocess;
 mod runner;
+#[cfg(feature = "serve")]
+pub mod serve;
 mod team;
 
 pub use classifier::{default_threads, softmax, Classifier, Prediction, DEFAULT_CHUNK};

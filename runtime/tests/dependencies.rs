@@ -66,3 +66,50 @@ fn shared_contract_crate_has_no_framework() {
         );
     }
 }
+
+/// `cargo tree` of sc-runtime's normal dependencies with the given feature flags.
+fn normal_tree(features: &[&str]) -> String {
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    let out = std::process::Command::new(env!("CARGO"))
+        .args(["tree", "--offline", "-p", "sc-runtime", "--prefix", "none"])
+        .args(["-e", "normal"])
+        .args(features)
+        .args(["--manifest-path", manifest])
+        .output()
+        .expect("runs cargo tree");
+    assert!(
+        out.status.success(),
+        "cargo tree failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn crates(tree: &str, names: &[&str]) -> Vec<String> {
+    tree.lines()
+        .filter(|l| names.iter().any(|n| l.starts_with(&format!("{n} "))))
+        .map(String::from)
+        .collect()
+}
+
+/// The server (feature `serve`, on for the binary) is the only user of the async stack: an app
+/// embedding `Classifier` with `default-features = false` gets no tokio, axum or hyper.
+#[test]
+fn library_without_default_features_has_no_async_stack() {
+    let stack = ["tokio", "axum", "hyper", "hyper-util"];
+    let with = normal_tree(&[]);
+    assert!(
+        !crates(&with, &stack).is_empty(),
+        "the default build should have the server's crates:\n{with}"
+    );
+    let without = normal_tree(&["--no-default-features"]);
+    assert!(
+        without.contains("tract-onnx"),
+        "unexpected tree:\n{without}"
+    );
+    let found = crates(&without, &stack);
+    assert!(
+        found.is_empty(),
+        "sc-runtime without `serve` pulls in {found:?}"
+    );
+}

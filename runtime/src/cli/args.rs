@@ -73,6 +73,10 @@ pub enum Command {
         #[command(flatten)]
         pre: PreArgs,
     },
+    /// Serve models over HTTP with the Open Inference Protocol (KServe v2), batching
+    /// concurrent requests. Stops on SIGTERM or Ctrl-C after finishing accepted requests.
+    #[cfg(feature = "serve")]
+    Serve(ServeArgs),
     /// Inputs, outputs, metadata and operator counts of a model file.
     Info {
         /// The model (.onnx).
@@ -127,4 +131,40 @@ pub struct PreArgs {
         allow_negative_numbers = true
     )]
     pub pixel_range: Option<Vec<f32>>,
+}
+
+/// `sc-runtime serve` flags.
+#[cfg(feature = "serve")]
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Models (.onnx with our metadata), each served under its file stem or as NAME=PATH.
+    #[arg(required = true, value_name = "MODEL")]
+    pub models: Vec<String>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// TCP port; 0 picks a free one (the address is printed on stdout).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// Worker threads per model run [default: the machine's available cores].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Most images per model run and per request.
+    #[arg(long, default_value_t = 64, value_name = "B")]
+    pub max_batch: usize,
+    /// Longest wait, in milliseconds, for more requests once one is queued.
+    #[arg(long, default_value_t = 1.0, value_name = "MS")]
+    pub max_delay_ms: f64,
+    /// Requests waiting per model before new ones are refused with 503.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub max_queue: usize,
+    /// Largest request body in MiB (413 above).
+    #[arg(long, default_value_t = 32.0, value_name = "MIB")]
+    pub max_body_mb: f64,
+    /// Per-request time limit in milliseconds: reading headers and body, queueing and running.
+    #[arg(long, default_value_t = 30_000, value_name = "MS")]
+    pub timeout_ms: u64,
+    /// Log one line per request on stderr (debug level; off by default).
+    #[arg(long)]
+    pub log_requests: bool,
 }

@@ -3,6 +3,8 @@
 
 mod args;
 mod report;
+#[cfg(feature = "serve")]
+mod serve;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -76,6 +78,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 .with_context(|| format!("classifying with {}", model.display()))?;
             report::predict(&images, &results, json)
         }
+        #[cfg(feature = "serve")]
+        Command::Serve(args) => serve::run(args),
         Command::Bench {
             model,
             batch,

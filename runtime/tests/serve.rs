@@ -1,0 +1,527 @@
+//! `sc-runtime serve` as a process on an ephemeral loopback port, driven by a small HTTP/1.1
+//! client over `TcpStream`: the protocol's endpoints, logits equal to `Classifier`'s own, a 4xx for
+//! each bad request with the server still live after it, batching, and graceful shutdown.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{png, Tiny};
+use sc_runtime::Classifier;
+use serde_json::{json, Value};
+
+const RGB: [&str; 3] = ["red", "green", "blue"];
+const SIZE: usize = 8;
+
+/// A running server; killed when dropped (if still running).
+struct Server {
+    child: Child,
+    addr: String,
+    stderr: PathBuf,
+}
+
+impl Server {
+    fn start(dir: &Path, args: &[&str]) -> Server {
+        let model = Tiny::ours(3, SIZE, &RGB).write(dir, "model.onnx");
+        let stderr = dir.join(format!("stderr-{}.txt", args.join("_").replace('/', "")));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sc-runtime"))
+            .args(["serve", "--port", "0", "--threads", "2"])
+            .args(args)
+            .arg(&model)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("starts sc-runtime serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no address in {line:?}: {}", read(&stderr)))
+            .to_string();
+        Server {
+            child,
+            addr,
+            stderr,
+        }
+    }
+
+    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+        request(&self.addr, method, path, headers, body)
+    }
+
+    fn get(&self, path: &str) -> Resp {
+        self.request("GET", path, &[], b"")
+    }
+
+    fn post_json(&self, path: &str, body: &Value) -> Resp {
+        let body = body.to_string();
+        self.request(
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+    }
+
+    fn assert_live(&self, after: &str) {
+        let r = self.get("/v2/health/live");
+        assert_eq!(
+            r.status,
+            200,
+            "not live after {after}: {}",
+            read(&self.stderr)
+        );
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+    }
+    fn error(&self) -> String {
+        self.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+/// One request on a fresh connection (`Connection: close`), the whole response read.
+fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    response(&mut s)
+}
+
+fn response(s: &mut TcpStream) -> Resp {
+    // Until the server closes; a reset after the response (the server closing on unread
+    // bytes) ends the read too.
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 65536];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+    }
+    let split = (raw.windows(4).position(|w| w == b"\r\n\r\n"))
+        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(&raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    Resp {
+        status,
+        head,
+        body: raw[split + 4..].to_vec(),
+    }
+}
+
+/// `n` images of deterministic, distinct values.
+fn images(n: usize, seed: usize) -> Vec<f32> {
+    (0..n * 3 * SIZE * SIZE)
+        .map(|i| (((i * 7919 + seed * 104_729) % 1000) as f32 / 500.0) - 1.0)
+        .collect()
+}
+
+fn infer_body(n: usize, data: &[f32]) -> Value {
+    json!({
+        "id": "r1",
+        "inputs": [{"name": "image", "shape": [n, 3, SIZE, SIZE], "datatype": "FP32", "data": data}],
+        "outputs": [{"name": "logits"}],
+    })
+}
+
+fn logits_of(resp: &Value) -> Vec<f32> {
+    resp["outputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect()
+}
+
+fn close(a: &[f32], b: &[f32]) {
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(b) {
+        assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{a:?} vs {b:?}");
+    }
+}
+
+#[test]
+fn endpoints_and_logits_equal_the_classifiers() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[]);
+    let clf = Classifier::load(dir.path().join("model.onnx")).unwrap();
+    for p in [
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2/models/model/ready",
+    ] {
+        assert_eq!(srv.get(p).status, 200, "{p}");
+    }
+    assert_eq!(srv.get("/v2").json()["name"], "sc-runtime");
+    let meta = srv.get("/v2/models/model").json();
+    assert_eq!(meta["platform"], "onnx");
+    assert_eq!(
+        meta["inputs"][0],
+        json!({"name": "image", "datatype": "FP32", "shape": [-1, 3, SIZE, SIZE]})
+    );
+    assert_eq!(
+        meta["outputs"][0],
+        json!({"name": "logits", "datatype": "FP32", "shape": [-1, 3]})
+    );
+
+    // JSON tensors.
+    let data = images(3, 1);
+    let r = srv.post_json("/v2/models/model/infer", &infer_body(3, &data));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    assert_eq!(v["id"], "r1");
+    assert_eq!(v["outputs"][0]["shape"], json!([3, 3]));
+    let want: Vec<f32> = clf.logits_for_input(&data).unwrap().concat();
+    close(&logits_of(&v), &want);
+
+    // The binary-data extension, in and out.
+    let header = json!({
+        "inputs": [{"name": "image", "shape": [3, 3, SIZE, SIZE], "datatype": "FP32",
+                    "parameters": {"binary_data_size": data.len() * 4}}],
+        "outputs": [{"name": "logits", "parameters": {"binary_data": true}}],
+    })
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    body.extend(data.iter().flat_map(|v| v.to_le_bytes()));
+    let len = header.len().to_string();
+    let r = srv.request(
+        "POST",
+        "/v2/models/model/infer",
+        &[("Inference-Header-Content-Length", &len)],
+        &body,
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let hlen: usize = (r.head.lines())
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("inference-header-content-length: ")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .expect("binary response header");
+    let got: Vec<f32> = r.body[hlen..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    assert_eq!(got, want, "binary logits are the exact bytes");
+
+    // The classify extension: the same top-k as the library on the same image bytes.
+    let bytes = png(5, 4, None, &[250, 10, 40].repeat(20));
+    let r = srv.request("POST", "/v2/models/model/classify?top_k=2", &[], &bytes);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let img = sc_runtime::decode_image(&bytes, "x").unwrap();
+    let want = clf.classify(&img, 2).unwrap();
+    let got = r.json()["predictions"].clone();
+    assert_eq!(got.as_array().unwrap().len(), 2);
+    for (g, w) in got.as_array().unwrap().iter().zip(&want) {
+        assert_eq!(g["class"], w.class.as_str());
+        assert!((g["probability"].as_f64().unwrap() as f32 - w.probability).abs() < 1e-6);
+    }
+    assert_eq!(want[0].class, "red");
+
+    let metrics = String::from_utf8(srv.get("/metrics").body).unwrap();
+    for needle in [
+        "sc_requests_total{endpoint=\"infer\",code=\"200\"} 2",
+        "sc_request_duration_seconds_count",
+        "sc_batch_size_bucket{model=\"model\",le=\"4\"}",
+        "sc_queue_depth{model=\"model\"} 0",
+    ] {
+        assert!(metrics.contains(needle), "{needle} not in\n{metrics}");
+    }
+}
+
+#[test]
+fn every_bad_request_is_a_4xx_and_the_server_stays_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(
+        dir.path(),
+        &[
+            "--max-batch",
+            "4",
+            "--max-body-mb",
+            "1",
+            "--timeout-ms",
+            "1000",
+        ],
+    );
+    let infer = "/v2/models/model/infer";
+    let one = images(1, 2);
+    let mut wrong_type = infer_body(1, &one);
+    wrong_type["inputs"][0]["datatype"] = "INT32".into();
+    let mut wrong_shape = infer_body(1, &one);
+    wrong_shape["inputs"][0]["shape"] = json!([1, 3, SIZE, SIZE + 1]);
+    let cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
+        (
+            "malformed JSON",
+            infer,
+            b"{\"inputs\": [".to_vec(),
+            400,
+            "malformed",
+        ),
+        (
+            "wrong datatype",
+            infer,
+            wrong_type.to_string().into(),
+            400,
+            "datatype INT32",
+        ),
+        (
+            "wrong shape",
+            infer,
+            wrong_shape.to_string().into(),
+            400,
+            "shape",
+        ),
+        (
+            "N too large",
+            infer,
+            infer_body(5, &images(5, 3)).to_string().into(),
+            400,
+            "batch size 5",
+        ),
+        (
+            "unknown model",
+            "/v2/models/nope/infer",
+            infer_body(1, &one).to_string().into(),
+            404,
+            "unknown model",
+        ),
+        (
+            "non-image body",
+            "/v2/models/model/classify",
+            b"hello, not an image".to_vec(),
+            400,
+            "not a recognised image",
+        ),
+        (
+            "truncated image",
+            "/v2/models/model/classify",
+            {
+                let p = png(8, 8, None, &[7; 192]);
+                p[..p.len() / 2].to_vec()
+            },
+            400,
+            "request body",
+        ),
+        (
+            "huge declared image size",
+            "/v2/models/model/classify",
+            png(20_000, 20_000, None, &[]),
+            400,
+            "request body",
+        ),
+    ];
+    for (what, path, body, status, needle) in cases {
+        let r = srv.request("POST", path, &[], &body);
+        assert_eq!(
+            r.status,
+            status,
+            "{what}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert!(
+            r.error().contains(needle),
+            "{what}: {:?} lacks {needle:?}",
+            r.error()
+        );
+        srv.assert_live(what);
+    }
+    assert_eq!(srv.get("/v2/models/nope").status, 404);
+
+    // A body over the limit: refused by its Content-Length, before it is sent.
+    let mut s = TcpStream::connect(&srv.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST {infer} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        2 << 20
+    )
+    .unwrap();
+    let r = response(&mut s);
+    assert_eq!(r.status, 413);
+    assert!(r.error().contains("limit"), "{}", r.error());
+    srv.assert_live("a body over the limit");
+
+    // A slow-loris body: a byte every 100 ms gets 408 at the 1 s request timeout.
+    let mut s = TcpStream::connect(&srv.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST {infer} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
+    )
+    .unwrap();
+    let mut w = s.try_clone().unwrap();
+    let start = Instant::now();
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..40 {
+            if w.write_all(b" ").is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let r = response(&mut s);
+    assert_eq!(r.status, 408, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
+    trickle.join().unwrap();
+    srv.assert_live("a slow-loris body");
+
+    // A slow-loris head: headers never finished; the connection is closed at the timeout.
+    let mut s = TcpStream::connect(&srv.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "POST {infer} HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let start = Instant::now();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "head timeout took {:?}",
+        start.elapsed()
+    );
+    srv.assert_live("a slow-loris head");
+
+    let metrics = String::from_utf8(srv.get("/metrics").body).unwrap();
+    assert!(metrics.contains("code=\"400\""), "{metrics}");
+    let stderr = read(&srv.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn concurrent_requests_are_batched_with_their_own_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &["--max-delay-ms", "300", "--max-batch", "16"]);
+    let clf = Classifier::load(dir.path().join("model.onnx")).unwrap();
+    let clients = 8;
+    let results: Vec<(Vec<f32>, Vec<f32>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..clients)
+            .map(|i| {
+                let srv = &srv;
+                s.spawn(move || {
+                    let data = images(1 + i % 2, 10 + i);
+                    let r = srv.post_json("/v2/models/model/infer", &infer_body(1 + i % 2, &data));
+                    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+                    (data, logits_of(&r.json()))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (data, got) in &results {
+        close(got, &clf.logits_for_input(data).unwrap().concat());
+    }
+    let metrics = String::from_utf8(srv.get("/metrics").body).unwrap();
+    let value = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{prefix} not in\n{metrics}"))
+    };
+    let runs = value("sc_batch_size_count{model=\"model\"}");
+    let images = value("sc_batch_size_sum{model=\"model\"}");
+    assert_eq!(images, 12.0, "{metrics}");
+    assert!(
+        runs < clients as f64,
+        "{clients} requests ran as {runs} batches:\n{metrics}"
+    );
+    assert!(
+        value("sc_batch_size_bucket{model=\"model\",le=\"1\"}") < runs,
+        "{metrics}"
+    );
+}
+
+#[test]
+fn sigterm_finishes_accepted_requests_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut srv = Server::start(dir.path(), &["--max-delay-ms", "700", "--max-batch", "64"]);
+    let addr = srv.addr.clone();
+    let pending: Vec<_> = (0..4)
+        .map(|i| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let data = images(1, 20 + i);
+                let body = infer_body(1, &data).to_string();
+                request(
+                    &addr,
+                    "POST",
+                    "/v2/models/model/infer",
+                    &[],
+                    body.as_bytes(),
+                )
+                .status
+            })
+        })
+        .collect();
+    // The requests are queued (the batch waits 700 ms for more) when the signal comes.
+    std::thread::sleep(Duration::from_millis(300));
+    let kill = Command::new("kill")
+        .args(["-TERM", &srv.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    for p in pending {
+        assert_eq!(p.join().unwrap(), 200, "{}", read(&srv.stderr));
+    }
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = srv.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "still running after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}: {}", read(&srv.stderr));
+    assert!(
+        TcpStream::connect(&addr).is_err(),
+        "still accepting after shutdown"
+    );
+}
