@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): installs what the build needs, runs every Rust test
-# (unit, integration, cross-crate parity) and the onnxruntime interoperability check.
+# (unit, integration, cross-crate parity), the onnxruntime interoperability check and the
+# Triton-client check of `sc-runtime serve`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v protoc >/dev/null 2>&1; then
@@ -12,3 +13,4 @@ fi
 cargo test --release --workspace --lib --bins --tests --examples
 cargo test --release --workspace --benches --no-run
 bash scripts/onnx-interop.sh
+bash scripts/serve-interop.sh
