@@ -12,7 +12,7 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import tritonclient.h
 fi
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
-SC_INTEROP_DIR="$dir" cargo test -q --release --test export_parity resnet20_cifar >/dev/null
-cargo build -q --release --bin sc-runtime
+SC_INTEROP_DIR="$dir" cargo test -q --release --workspace --test export_parity resnet20_cifar >/dev/null
+cargo build -q --release --workspace --bin sc-runtime
 bin=${CARGO_TARGET_DIR:-target}/release/sc-runtime
 "$venv/bin/python" scripts/serve_interop.py "$bin" "$dir"
