@@ -15,7 +15,7 @@ fi
 cargo build --release -p sc-trainer -p sc-runtime
 # The machine and the kernels' instruction set (fit repeats the latter as "CPU kernels: ...").
 bash scripts/cpu-info.sh
-echo "kernel ISA: ${SC_KERNELS_ISA:-the CPU's widest} (SC_KERNELS_ISA=avx512|avx2|portable caps it)"
+echo "kernel ISA: ${SC_KERNELS_ISA:-the widest this CPU has} (SC_KERNELS_ISA=avx512|avx2|portable caps it)"
 iterations=${ITERATIONS:-1000}
 name=${NAME:-fashion-resnet20-$(date +%Y%m%d-%H%M%S)}
 ./target/release/sc-trainer fit \
