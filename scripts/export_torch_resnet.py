@@ -29,7 +29,8 @@ def main():
     model.eval()
     tmp = a.out + ".tmp"
     torch.onnx.export(model, torch.rand(1, 3, 32, 32), tmp, input_names=["image"],
-                      output_names=["logits"], opset_version=17, dynamo=False)
+                      output_names=["logits"], opset_version=17, dynamo=False,
+                      dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
     os.replace(tmp, a.out)
     print(f"wrote {a.out} (PyTorch ResNet-{a.depth}, random weights, opset 17)")
 
