@@ -1,5 +1,6 @@
 //! Readers for the image-classification data formats the project trains and evaluates on:
-//! CIFAR-10 / CIFAR-100 binary batches and (Fashion-)MNIST IDX files, gzip or raw.
+//! CIFAR-10 / CIFAR-100 binary batches and (Fashion-)MNIST IDX files, gzip or raw, loose or in
+//! their official archives ([`crate::archive`]).
 //!
 //! Plain Rust with no candle, so that both the runtime and the trainer use the same code.
 //! Every error names the file and the problem; nothing here panics on bad input, and no buffer is
@@ -57,13 +58,13 @@ pub enum DataError {
 }
 
 impl DataError {
-    fn io(path: &Path, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
         DataError::Io {
             path: path.to_path_buf(),
             source,
         }
     }
-    fn format(path: &Path, problem: impl Into<String>) -> Self {
+    pub(crate) fn format(path: &Path, problem: impl Into<String>) -> Self {
         DataError::Format {
             path: path.to_path_buf(),
             problem: problem.into(),
@@ -147,7 +148,7 @@ impl Dataset {
             self.images.truncate(n * self.image_len());
         }
     }
-    fn append(&mut self, other: Dataset, path: &Path) -> Result<()> {
+    pub(crate) fn append(&mut self, other: Dataset, path: &Path) -> Result<()> {
         if (other.channels, other.height, other.width) != (self.channels, self.height, self.width) {
             return Err(DataError::format(
                 path,
@@ -163,12 +164,18 @@ impl Dataset {
     /// - a CIFAR-10 directory (`data_batch_1..5.bin` for train, `test_batch.bin` for test),
     /// - a CIFAR-100 directory (`train.bin` / `test.bin`),
     /// - a directory of IDX files (`train-images-idx3-ubyte[.gz]`, `t10k-…` for test),
+    /// - an official archive as downloaded (`cifar-10-binary.tar.gz`, `cifar-100-binary.tar.gz`, or
+    ///   any `.tar`/`.tar.gz`/`.tgz` holding one of these layouts), read in memory without unpacking,
+    /// - a directory holding one of those archives or the directory they unpack to
+    ///   (`cifar-10-batches-bin/`, `cifar-100-binary/`), as `sc-trainer data fetch` leaves it,
     /// - a single CIFAR `.bin` file or an IDX images file (labels found beside it); for a single file
     ///   `split` is ignored.
     pub fn open(path: &Path, split: Split) -> Result<Dataset> {
         let meta = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?;
         if meta.is_dir() {
-            open_dir(path, split)
+            crate::archive::open_dir(path, split)
+        } else if crate::archive::is_archive(path) {
+            crate::archive::open_archive(path, split)
         } else if find_idx_kind(path).is_some() {
             let labels = idx_labels_beside(path)?;
             read_idx_pair(path, &labels)
@@ -176,93 +183,6 @@ impl Dataset {
             read_cifar_file(path, guess_cifar_format(path, meta.len())?, None)
         }
     }
-}
-
-fn open_dir(dir: &Path, split: Split) -> Result<Dataset> {
-    let names = |train: &[&str], test: &[&str]| -> Vec<PathBuf> {
-        let list = if split == Split::Train { train } else { test };
-        list.iter().map(|n| dir.join(n)).collect()
-    };
-    // CIFAR-10
-    let c10 = names(
-        &[
-            "data_batch_1.bin",
-            "data_batch_2.bin",
-            "data_batch_3.bin",
-            "data_batch_4.bin",
-            "data_batch_5.bin",
-        ],
-        &["test_batch.bin"],
-    );
-    let any_c10 = dir.join("data_batch_1.bin").exists() || dir.join("test_batch.bin").exists();
-    if any_c10 {
-        let classes = read_class_names(&dir.join("batches.meta.txt"), 10)?;
-        let mut out: Option<Dataset> = None;
-        for f in &c10 {
-            if !f.exists() {
-                return Err(DataError::format(
-                    f,
-                    "missing: a CIFAR-10 directory needs data_batch_1..5.bin for training and test_batch.bin for testing",
-                ));
-            }
-            let d = read_cifar_file(f, CifarFormat::Cifar10, classes.clone())?;
-            match out.as_mut() {
-                None => out = Some(d),
-                Some(o) => o.append(d, f)?,
-            }
-        }
-        let mut d = out.expect("at least one file");
-        d.source = dir.display().to_string();
-        return Ok(d);
-    }
-    // CIFAR-100
-    let c100 = names(&["train.bin"], &["test.bin"]).remove(0);
-    if c100.exists() {
-        let classes = read_class_names(&dir.join("fine_label_names.txt"), 100)?;
-        return read_cifar_file(&c100, CifarFormat::Cifar100, classes);
-    }
-    // IDX
-    let prefix = if split == Split::Train {
-        "train"
-    } else {
-        "t10k"
-    };
-    for ext in ["", ".gz"] {
-        let images = dir.join(format!("{prefix}-images-idx3-ubyte{ext}"));
-        let labels = dir.join(format!("{prefix}-labels-idx1-ubyte{ext}"));
-        if images.exists() {
-            return read_idx_pair(&images, &labels);
-        }
-    }
-    Err(DataError::format(
-        dir,
-        format!(
-            "no data set found for the {} split: expected CIFAR-10 (data_batch_N.bin / test_batch.bin), \
-             CIFAR-100 (train.bin / test.bin) or IDX files ({prefix}-images-idx3-ubyte[.gz])",
-            if split == Split::Train { "train" } else { "test" }
-        ),
-    ))
-}
-
-/// `batches.meta.txt`-style class names, one per line; `None` when the file is absent.
-fn read_class_names(path: &Path, expected: usize) -> Result<Option<Vec<String>>> {
-    if !path.exists() {
-        return Ok(None);
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
-    let names: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect();
-    if names.len() != expected {
-        return Err(DataError::format(
-            path,
-            format!("expected {expected} class names, found {}", names.len()),
-        ));
-    }
-    Ok(Some(names))
 }
 
 fn guess_cifar_format(path: &Path, len: u64) -> Result<CifarFormat> {
@@ -280,7 +200,7 @@ fn guess_cifar_format(path: &Path, len: u64) -> Result<CifarFormat> {
     }
 }
 
-fn read_file(path: &Path) -> Result<Vec<u8>> {
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
     let meta = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?;
     if meta.is_dir() {
         return Err(DataError::format(path, "is a directory, expected a file"));
@@ -416,7 +336,7 @@ fn open_maybe_gz(path: &Path) -> Result<Box<dyn Read>> {
 }
 
 /// `r`, gunzipped when it starts with the gzip magic.
-fn maybe_gz<'a, R: Read + 'a>(mut r: R) -> std::io::Result<Box<dyn Read + 'a>> {
+pub(crate) fn maybe_gz<'a, R: Read + 'a>(mut r: R) -> std::io::Result<Box<dyn Read + 'a>> {
     let mut magic = [0u8; 2];
     let n = read_up_to(&mut r, &mut magic)?;
     let head = std::io::Cursor::new(magic[..n].to_vec());

@@ -79,6 +79,23 @@ fn eval_predict_bench_info() {
     assert_eq!(v["accuracy"], 1.0);
     assert_eq!(v["confusion"][1][1], 1);
 
+    // The official archive as downloaded, and the directory holding it, read without unpacking.
+    let batch = std::fs::read(cifar.join("test_batch.bin")).unwrap();
+    let archive = d.join("fetched/cifar-10-binary.tar.gz");
+    std::fs::create_dir(d.join("fetched")).unwrap();
+    sc_data::archive::write_tar_gz(&archive, &[("cifar-10-batches-bin/test_batch.bin", &batch)])
+        .unwrap();
+    for data in [archive.clone(), d.join("fetched")] {
+        let text = ok(&run(&[&"eval", &model, &data, &"--threads", &"2"]));
+        assert!(text.contains("accuracy  75.00% (3 / 4)"), "{text}");
+    }
+    let gz = std::fs::read(&archive).unwrap();
+    std::fs::write(&archive, &gz[..gz.len() / 2]).unwrap();
+    fails(
+        &run(&[&"eval", &model, &archive]),
+        &["cifar-10-binary.tar.gz", "corrupt or truncated archive"],
+    );
+
     let text = ok(&run(&[
         &"predict",
         &model,

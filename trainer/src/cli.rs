@@ -113,7 +113,8 @@ pub struct LrFindArgs {
 pub struct ReproduceArgs {
     /// sc-vs-pc, train-size, depth, step-size, lr-range, or all.
     pub experiment: String,
-    /// Training data (CIFAR-10 binary directory, the official cifar-10-batches-bin).
+    /// Training data: CIFAR-10's official cifar-10-binary.tar.gz, or the cifar-10-batches-bin it
+    /// unpacks to.
     #[arg(long)]
     pub data: PathBuf,
     /// paper (the paper's settings, for a GPU), cpu (shrunk for a 2-core machine; budgets in the
@@ -298,8 +299,9 @@ pub struct CommonArgs {
     #[arg(help = with_default("Network: resnet20, resnet32, resnet44, resnet56 (the paper), resnet110", TrainConfig::default().model.name))]
     #[arg(long)]
     pub model: Option<String>,
-    /// Training data: a CIFAR-10 binary directory (data_batch_1..5.bin), a CIFAR-100 directory, or a
-    /// directory of (Fashion-)MNIST IDX files (e.g. /usr/share/datasets/fashion-mnist).
+    /// Training data: an official archive as downloaded (cifar-10-binary.tar.gz,
+    /// cifar-100-binary.tar.gz), the directory it unpacks to or one holding it, or a directory of
+    /// (Fashion-)MNIST IDX files, .gz or not (e.g. /usr/share/datasets/fashion-mnist).
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Train on a seeded, class-balanced subset of N images (the paper: 10000…40000) [default: all].
@@ -529,7 +531,7 @@ impl FitArgs {
         };
         self.common.apply(&mut c);
         if c.data.path.as_os_str().is_empty() {
-            bail!("no training data: give --data DIR (a CIFAR-10 binary directory or Fashion-MNIST IDX directory)");
+            bail!("no training data: give --data PATH (cifar-10-binary.tar.gz, a CIFAR-10 binary directory or a Fashion-MNIST IDX directory)");
         }
         if let Some(i) = self.iterations {
             c.iterations = Some(i);

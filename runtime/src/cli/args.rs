@@ -18,8 +18,10 @@ pub enum Command {
     Eval {
         /// The model (.onnx).
         model: PathBuf,
-        /// A CIFAR-10/100 binary test batch (e.g. test_batch.bin), an IDX images file
-        /// (t10k-images-idx3-ubyte[.gz]), or a directory holding either.
+        /// The test set: an official archive as downloaded (cifar-10-binary.tar.gz,
+        /// cifar-100-binary.tar.gz; read without unpacking), a CIFAR-10/100 binary test batch
+        /// (e.g. test_batch.bin), an IDX images file (t10k-images-idx3-ubyte[.gz]), or a
+        /// directory holding any of these or the directory an archive unpacks to.
         data: PathBuf,
         /// Evaluate only the first N images [default: all].
         #[arg(long, value_name = "N")]
