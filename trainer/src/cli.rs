@@ -50,6 +50,9 @@ pub enum Command {
         #[arg(long, default_value_t = 1e-3)]
         tolerance: f32,
     },
+    /// Data sets: `data fetch cifar10` downloads and verifies the official archive.
+    #[command(subcommand)]
+    Data(DataCommand),
     /// Export a run's weights to ONNX (input `image` [N,C,H,W] in [0,1], output `logits`).
     Export {
         /// The run directory (runs/NAME).
@@ -58,6 +61,55 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DataCommand {
+    /// Download a data set's official files over HTTPS, check their published MD5s, and leave a
+    /// directory `fit --data` and `sc-runtime eval` read (a .part download is resumed).
+    Fetch {
+        /// cifar10, cifar100, mnist or fashion-mnist.
+        #[arg(value_enum)]
+        set: crate::fetch::Known,
+        /// Directory for the files [default: data/SET, e.g. data/cifar10].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Base URL of a mirror holding the same files (the file names are appended)
+        /// [default: $SC_DATA_MIRROR, else the canonical address].
+        #[arg(long)]
+        url: Option<String>,
+        /// Give up when the server sends nothing for this many seconds (the partial download is
+        /// kept for the next run).
+        #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+        timeout: f64,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+}
+
+impl DataCommand {
+    /// The validated download plan.
+    pub fn to_plan(&self) -> anyhow::Result<crate::fetch::FetchPlan> {
+        let DataCommand::Fetch {
+            set,
+            dir,
+            url,
+            timeout,
+            quiet,
+        } = self;
+        if !(timeout.is_finite() && *timeout > 0.0 && *timeout < 1e6) {
+            bail!("--timeout {timeout}: give a number of seconds above 0");
+        }
+        let mut plan = crate::fetch::FetchPlan::known(
+            *set,
+            dir.clone(),
+            url.clone(),
+            std::time::Duration::from_secs_f64(*timeout),
+        )?;
+        plan.progress = !quiet;
+        Ok(plan)
+    }
 }
 
 #[derive(Args, Debug, Clone)]

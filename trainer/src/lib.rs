@@ -25,6 +25,7 @@ pub mod data;
 pub mod devcheck;
 pub mod device;
 pub mod export;
+pub mod fetch;
 pub mod io;
 pub mod lrfind;
 pub mod optim;

@@ -108,6 +108,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Data(cmd) => {
+            let plan = cmd.to_plan()?;
+            for p in sc_trainer::fetch::fetch(&plan)? {
+                println!("verified: {}", p.display());
+            }
+            println!(
+                "ready:    sc-trainer fit --data {0}   /   sc-runtime eval MODEL {0}",
+                plan.dir.display()
+            );
+            Ok(())
+        }
         Command::Export { run_dir, out } => {
             let p = sc_trainer::export::export_run(&run_dir, out)?;
             println!("{}", p.display());
