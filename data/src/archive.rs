@@ -264,13 +264,14 @@ fn open_layout(m: &mut Members, split: Split) -> Result<Option<Dataset>> {
         let labels = format!("{prefix}-labels-idx1-ubyte{ext}");
         if m.has(&images) {
             let (ip, lp) = (m.path(&images), m.path(&labels));
+            let ib = m.read(&images)?;
             if !m.has(&labels) {
                 return Err(DataError::format(
                     &lp,
                     "missing: the labels for the IDX images",
                 ));
             }
-            let (ib, lb) = (m.read(&images)?, m.read(&labels)?);
+            let lb = m.read(&labels)?;
             return read_idx_bytes(&ib, &lb, &ip, &lp).map(Some);
         }
     }
