@@ -29,7 +29,10 @@ fn every_script_parses() {
         } else {
             // Parse only (no bytecode written next to the script).
             Command::new("python3")
-                .args(["-c", "import ast, sys; ast.parse(open(sys.argv[1]).read(), sys.argv[1])"])
+                .args([
+                    "-c",
+                    "import ast, sys; ast.parse(open(sys.argv[1]).read(), sys.argv[1])",
+                ])
                 .arg(path)
                 .output()
         };
@@ -42,5 +45,9 @@ fn every_script_parses() {
             ));
         }
     }
-    assert!(bad.is_empty(), "scripts that do not parse:\n{}", bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "scripts that do not parse:\n{}",
+        bad.join("\n")
+    );
 }
