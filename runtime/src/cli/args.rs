@@ -154,8 +154,10 @@ pub struct ServeArgs {
     /// Most images per model run and per request.
     #[arg(long, default_value_t = 64, value_name = "B")]
     pub max_batch: usize,
-    /// Longest wait, in milliseconds, for more requests once one is queued.
-    #[arg(long, default_value_t = 1.0, value_name = "MS")]
+    /// Longest wait, in milliseconds, for more requests once one is queued. 0 (Triton's default)
+    /// runs at once; requests that arrive while a run is under way still go into the next run
+    /// together (measured: docs/PERFORMANCE.md, "Serving").
+    #[arg(long, default_value_t = 0.0, value_name = "MS")]
     pub max_delay_ms: f64,
     /// Requests waiting per model before new ones are refused with 503.
     #[arg(long, default_value_t = 256, value_name = "N")]
