@@ -5,10 +5,16 @@
 
 /// `cargo tree` of one workspace package over the given edge kinds, one crate per line.
 fn tree(package: &str, edges: &str) -> String {
+    tree_with(package, edges, &[])
+}
+
+/// [`tree`] with extra `cargo tree` flags (features).
+fn tree_with(package: &str, edges: &str, flags: &[&str]) -> String {
     let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
     let out = std::process::Command::new(env!("CARGO"))
         .args(["tree", "--offline", "-p", package, "--prefix", "none"])
         .args(["-e", edges])
+        .args(flags)
         .args(["--manifest-path", manifest])
         .output()
         .expect("runs cargo tree");
@@ -67,24 +73,7 @@ fn shared_contract_crate_has_no_framework() {
     }
 }
 
-/// `cargo tree` of sc-runtime's normal dependencies with the given feature flags.
-fn normal_tree(features: &[&str]) -> String {
-    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
-    let out = std::process::Command::new(env!("CARGO"))
-        .args(["tree", "--offline", "-p", "sc-runtime", "--prefix", "none"])
-        .args(["-e", "normal"])
-        .args(features)
-        .args(["--manifest-path", manifest])
-        .output()
-        .expect("runs cargo tree");
-    assert!(
-        out.status.success(),
-        "cargo tree failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
+/// The lines of `tree` that are exactly one of `names` (any version).
 fn crates(tree: &str, names: &[&str]) -> Vec<String> {
     tree.lines()
         .filter(|l| names.iter().any(|n| l.starts_with(&format!("{n} "))))
@@ -97,12 +86,12 @@ fn crates(tree: &str, names: &[&str]) -> Vec<String> {
 #[test]
 fn library_without_default_features_has_no_async_stack() {
     let stack = ["tokio", "axum", "hyper", "hyper-util"];
-    let with = normal_tree(&[]);
+    let with = tree("sc-runtime", "normal");
     assert!(
         !crates(&with, &stack).is_empty(),
         "the default build should have the server's crates:\n{with}"
     );
-    let without = normal_tree(&["--no-default-features"]);
+    let without = tree_with("sc-runtime", "normal", &["--no-default-features"]);
     assert!(
         without.contains("tract-onnx"),
         "unexpected tree:\n{without}"
