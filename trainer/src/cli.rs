@@ -32,7 +32,8 @@ pub enum Command {
     /// The LR range test: one short run with the LR rising over a range; suggests one-cycle bounds.
     LrFind(LrFindArgs),
     /// Test one of the paper's claims: sc-vs-pc (1, 2), train-size (3), depth (4), step-size (5),
-    /// lr-range, or all; writes report.md / report.json / plots.
+    /// lr-range, budget (accuracy against epochs per schedule: claims 1 and 2 at every budget),
+    /// or all; writes report.md / report.json / plots.
     Reproduce(ReproduceArgs),
     /// Forward + backward of the same weights and batch on the CPU and on --device; prints the
     /// largest relative differences (for checking a GPU build).
@@ -163,7 +164,7 @@ pub struct LrFindArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct ReproduceArgs {
-    /// sc-vs-pc, train-size, depth, step-size, lr-range, or all.
+    /// sc-vs-pc, train-size, depth, step-size, lr-range, budget, or all.
     pub experiment: String,
     /// Training data: CIFAR-10's official cifar-10-binary.tar.gz, or the cifar-10-batches-bin it
     /// unpacks to.
@@ -200,12 +201,12 @@ pub struct ReproduceArgs {
 impl ReproduceArgs {
     pub fn plans(&self) -> anyhow::Result<Vec<crate::reproduce::ReproducePlan>> {
         let names: Vec<String> = if self.experiment == "all" {
-            crate::reproduce::PRESETS
-                .iter()
-                .map(|p| p.0.to_string())
+            crate::reproduce::experiments()
+                .into_iter()
+                .map(String::from)
                 .collect()
         } else {
-            crate::reproduce::load(&self.experiment)?;
+            crate::reproduce::check_experiment(&self.experiment)?;
             vec![self.experiment.clone()]
         };
         crate::device::parse(&self.device)?;
@@ -451,6 +452,13 @@ pub struct FitArgs {
     ))]
     #[arg(long)]
     pub gamma: Option<f64>,
+    /// piecewise: iterations at --warmup-lr before --lr starts (He et al.'s ResNet-110: ~400)
+    /// [default: none].
+    #[arg(long, value_name = "N", requires = "warmup_lr")]
+    pub warmup_iterations: Option<usize>,
+    /// piecewise: the warm-up LR (He et al.: 0.01).
+    #[arg(long, requires = "warmup_iterations")]
+    pub warmup_lr: Option<f64>,
     /// clr: iterations per half cycle [default: a quarter of the run].
     #[arg(long)]
     pub step_size: Option<usize>,
@@ -677,6 +685,8 @@ impl FitArgs {
                 set(&mut s.lr, self.lr);
                 set(&mut s.milestones, self.milestones.clone());
                 set(&mut s.gamma, self.gamma);
+                set(&mut s.warmup_iterations, self.warmup_iterations);
+                s.warmup_lr = self.warmup_lr.or(s.warmup_lr);
                 Schedule::Piecewise(s)
             }
             Schedule::Constant(mut s) => {

@@ -454,6 +454,7 @@ cycle_end = 1.0
                     lr: 0.35,
                     milestones: vec![5000, 7000],
                     gamma: 0.1,
+                    ..Piecewise::default()
                 }),
             ),
             (

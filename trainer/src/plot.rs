@@ -240,3 +240,88 @@ pub fn accuracy_plot(path: &Path, title: &str, series: &[Series]) -> anyhow::Res
     save_png(path, rgb)?;
     Ok(())
 }
+
+/// Final validation accuracy against the training budget (epochs, log axis), one line per
+/// schedule with a point (and a ± std bar when seeds differ) per budget, and the target as a
+/// horizontal line. `series`: (label, [(epochs, mean accuracy, std)]).
+pub fn budget_plot(
+    path: &Path,
+    title: &str,
+    series: &[(String, Vec<(f64, f64, f64)>)],
+    target: Option<(f64, &str)>,
+) -> anyhow::Result<()> {
+    let pts = || series.iter().flat_map(|s| s.1.iter());
+    let (e0, e1) = span(pts().map(|p| p.0));
+    let (a0, a1) = span(
+        pts()
+            .flat_map(|p| [p.1 - p.2, p.1 + p.2])
+            .chain(target.map(|t| t.0)),
+    );
+    let (x0, x1) = (e0 / 1.25, e1 * 1.25);
+    let pad = ((a1 - a0) * 0.1).max(0.005);
+    let (y0, y1) = ((a0 - pad).max(0.0), (a1 + pad).min(1.0));
+    register_font()?;
+    let mut rgb = canvas();
+    let root = BitMapBackend::with_buffer(&mut rgb, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d((x0..x1).log_scale(), y0..y1)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("training epochs (log scale)")
+        .y_desc("final validation accuracy")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{:.0}%", y * 100.0))
+        .draw()
+        .map_err(err)?;
+    if let Some((t, what)) = target {
+        chart
+            .draw_series(DashedLineSeries::new(
+                vec![(x0, t), (x1, t)],
+                6,
+                4,
+                BLACK.mix(0.6).stroke_width(1),
+            ))
+            .map_err(err)?
+            .label(format!("{:.2}%: {what}", t * 100.0))
+            .legend(|(a, b)| PathElement::new(vec![(a, b), (a + 20, b)], BLACK.mix(0.6)));
+    }
+    for (i, (label, p)) in series.iter().enumerate() {
+        let c = COLORS[i % COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(
+                p.iter().map(|q| (q.0, q.1)),
+                c.stroke_width(2),
+            ))
+            .map_err(err)?
+            .label(label.clone())
+            .legend(move |(a, b)| PathElement::new(vec![(a, b), (a + 20, b)], c));
+        chart
+            .draw_series(p.iter().map(|q| Circle::new((q.0, q.1), 4, c.filled())))
+            .map_err(err)?;
+        chart
+            .draw_series(
+                p.iter()
+                    .filter(|q| q.2 > 0.0)
+                    .map(|q| PathElement::new(vec![(q.0, q.1 - q.2), (q.0, q.1 + q.2)], c)),
+            )
+            .map_err(err)?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    drop(chart);
+    drop(root);
+    save_png(path, rgb)?;
+    Ok(())
+}

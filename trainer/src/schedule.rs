@@ -379,7 +379,8 @@ impl Clr {
 }
 
 /// Piecewise constant (multistep): `lr`, multiplied by `gamma` at each milestone.
-/// The paper's baseline: 0.35, ×0.1 at 50k and 70k of 80k.
+/// The paper's baseline: 0.35, ×0.1 at 50k and 70k of 80k. He et al.'s (2016) CIFAR recipe:
+/// 0.1, ×0.1 at 50% and 75%, and for ResNet-110 a warm-up at 0.01 for the first ~400 iterations.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Piecewise {
@@ -389,6 +390,17 @@ pub struct Piecewise {
     pub milestones: Vec<usize>,
     #[serde(default = "piecewise_defaults::gamma")]
     pub gamma: f64,
+    /// Iterations at `warmup_lr` before `lr` starts (0: none). Left out of a serialized config
+    /// when 0, so configs and run names from before the option stay the same.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub warmup_iterations: usize,
+    /// The LR of the warm-up (He et al.: 0.01 for ResNet-110).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup_lr: Option<f64>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl Default for Piecewise {
@@ -398,6 +410,8 @@ impl Default for Piecewise {
             lr: 0.1,
             milestones: vec![],
             gamma: 0.1,
+            warmup_iterations: 0,
+            warmup_lr: None,
         }
     }
 }
@@ -406,6 +420,12 @@ field_defaults!(piecewise_defaults for Piecewise { gamma: f64 });
 
 impl Piecewise {
     pub fn at(&self, iteration: usize, _total: usize) -> Point {
+        if iteration < self.warmup_iterations {
+            return Point {
+                lr: self.warmup_lr.unwrap_or(self.lr),
+                momentum: None,
+            };
+        }
         let k = self.milestones.iter().filter(|&&m| iteration >= m).count();
         Point {
             lr: self.lr * self.gamma.powi(k as i32),
@@ -416,7 +436,27 @@ impl Piecewise {
     pub fn validate(&self, total: usize) -> Result<(), String> {
         non_negative("lr", self.lr)?;
         non_negative("gamma", self.gamma)?;
+        match (self.warmup_iterations, self.warmup_lr) {
+            (0, Some(_)) => {
+                return Err("warmup_lr is set but warmup_iterations is 0".into());
+            }
+            (n, None) if n > 0 => {
+                return Err(format!(
+                    "warmup_iterations is {n} but no warmup_lr is given"
+                ));
+            }
+            (_, Some(w)) => non_negative("warmup_lr", w)?,
+            _ => {}
+        }
         let milestones = &self.milestones;
+        if let Some(&first) = milestones.first() {
+            if self.warmup_iterations > first {
+                return Err(format!(
+                    "the warm-up ({} iterations) runs past the first milestone ({first})",
+                    self.warmup_iterations
+                ));
+            }
+        }
         if milestones.windows(2).any(|w| w[0] >= w[1]) {
             return Err(format!("milestones must increase: {milestones:?}"));
         }
@@ -433,8 +473,16 @@ impl Piecewise {
             lr,
             milestones,
             gamma,
+            warmup_iterations,
+            warmup_lr,
         } = self;
-        format!("piecewise {lr}, ×{gamma} at {milestones:?}")
+        let warmup = match warmup_lr {
+            Some(w) if *warmup_iterations > 0 => {
+                format!(" after {warmup_iterations} warm-up iterations at {w}")
+            }
+            _ => String::new(),
+        };
+        format!("piecewise {lr}, ×{gamma} at {milestones:?}{warmup}")
     }
 }
 
@@ -645,6 +693,7 @@ mod tests {
             lr: 0.35,
             milestones: vec![50_000, 70_000],
             gamma: 0.1,
+            ..Piecewise::default()
         });
         p.validate(80_000).unwrap();
         assert!(close(p.at(49_999, 80_000).lr, 0.35));
@@ -665,6 +714,41 @@ mod tests {
     }
 
     #[test]
+    fn piecewise_warm_up_holds_its_lr_then_gives_way_to_the_steps() {
+        // He et al.'s ResNet-110: 0.01 for ~400 iterations, then 0.1, x0.1 at 50% and 75%.
+        let p = Schedule::Piecewise(Piecewise {
+            warmup_iterations: 400,
+            warmup_lr: Some(0.01),
+            ..Piecewise::default()
+        })
+        .for_run(4000)
+        .unwrap();
+        assert!(close(p.at(0, 4000).lr, 0.01));
+        assert!(close(p.at(399, 4000).lr, 0.01));
+        assert!(close(p.at(400, 4000).lr, 0.1));
+        assert!(close(p.at(2000, 4000).lr, 0.01));
+        assert!(close(p.at(3999, 4000).lr, 0.001));
+        assert!(
+            p.describe().contains("400 warm-up iterations at 0.01"),
+            "{}",
+            p.describe()
+        );
+        // No warm-up: the serialized form is what it was before the option existed.
+        let json = serde_json::to_string(&Schedule::Piecewise(Piecewise::default())).unwrap();
+        assert!(!json.contains("warmup"), "{json}");
+        let back: Schedule =
+            toml::from_str("kind = \"piecewise\"\nlr = 0.1\nmilestones = []\nwarmup_iterations = 400\nwarmup_lr = 0.01").unwrap();
+        assert_eq!(
+            back,
+            Schedule::Piecewise(Piecewise {
+                warmup_iterations: 400,
+                warmup_lr: Some(0.01),
+                ..Piecewise::default()
+            })
+        );
+    }
+
+    #[test]
     fn validation_names_the_problem() {
         let s = Schedule::paper_one_cycle(3.0, 0.1);
         assert!(s.validate(100).unwrap_err().contains("below min_lr"));
@@ -679,8 +763,26 @@ mod tests {
             lr: 0.1,
             milestones: vec![50, 200],
             gamma: 0.1,
+            ..Piecewise::default()
         });
         assert!(p.validate(100).unwrap_err().contains("beyond the run"));
+        let warm = |n: usize, lr: Option<f64>| {
+            Schedule::Piecewise(Piecewise {
+                milestones: vec![50, 75],
+                warmup_iterations: n,
+                warmup_lr: lr,
+                ..Piecewise::default()
+            })
+            .validate(100)
+        };
+        assert!(warm(10, None).unwrap_err().contains("no warmup_lr"));
+        assert!(warm(0, Some(0.01))
+            .unwrap_err()
+            .contains("warmup_iterations is 0"));
+        assert!(warm(60, Some(0.01))
+            .unwrap_err()
+            .contains("past the first milestone"));
+        assert!(warm(10, Some(-1.0)).unwrap_err().contains("warmup_lr"));
         let toml_err = toml::from_str::<Schedule>("kind = \"constant\"\nlr = 0.1\nbogus = 1")
             .unwrap_err()
             .to_string();

@@ -118,6 +118,37 @@ fn invalid_settings() {
         &["batch_size"],
     );
     expect_error(&with(&base, &["--iterations", "0"]), &["iterations"]);
+    // A warm-up needs both flags, and must end before the first LR step.
+    expect_error(
+        &with(
+            &base,
+            &[
+                "--iterations",
+                "20",
+                "--schedule",
+                "piecewise",
+                "--warmup-iterations",
+                "4",
+            ],
+        ),
+        &["--warmup-lr"],
+    );
+    expect_error(
+        &with(
+            &base,
+            &[
+                "--iterations",
+                "20",
+                "--schedule",
+                "piecewise",
+                "--warmup-iterations",
+                "12",
+                "--warmup-lr",
+                "0.01",
+            ],
+        ),
+        &["warm-up", "past the first milestone"],
+    );
     expect_error(
         &with(
             &base,

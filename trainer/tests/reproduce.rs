@@ -120,3 +120,97 @@ fn a_budget_factor_gives_longer_runs_of_their_own() {
         "{dirs:?}"
     );
 }
+
+#[test]
+fn tiny_budget_tunes_weight_decay_then_trains_the_grid_and_reads_the_speed_up_off_the_curves() {
+    let (tmp, data) = tiny_data(12);
+    let mut p = plan("budget", &data, tmp.path());
+    p.seeds = 1;
+    // Before anything ran, the listing shows the tuning runs only.
+    p.dry_run = true;
+    assert!(reproduce(&p).unwrap().is_none());
+    p.dry_run = false;
+    let r = reproduce(&p).unwrap().unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p.out.join("report.json")).unwrap()).unwrap();
+    // Every schedule got a weight decay, from the candidates, by validation accuracy.
+    let tuning = json["tuning"].as_array().unwrap();
+    assert_eq!(tuning.len(), 2);
+    for t in tuning {
+        let chosen = t["chosen"].as_f64().unwrap();
+        let tried = t["tried"].as_array().unwrap();
+        assert_eq!(tried.len(), 2);
+        let best = tried
+            .iter()
+            .max_by(|a, b| a[1].as_f64().unwrap().total_cmp(&b[1].as_f64().unwrap()))
+            .unwrap();
+        let best_acc = best[1].as_f64().unwrap();
+        let first_best = tried
+            .iter()
+            .find(|x| x[1].as_f64().unwrap() == best_acc)
+            .unwrap();
+        assert_eq!(chosen, first_best[0].as_f64().unwrap(), "{t}");
+    }
+    // The grid: 1cycle at 1 (2 seeds: the headline) and 2 epochs, PC-LR at 1, 2 (2 seeds) and 4.
+    let points = json["points"].as_array().unwrap();
+    let n = |s: &str, e: f64| {
+        points
+            .iter()
+            .find(|x| x["schedule"] == s && x["epochs"].as_f64() == Some(e))
+            .map(|x| x["val_acc"]["n"].as_u64().unwrap())
+    };
+    assert_eq!(
+        (n("1cycle", 1.0), n("1cycle", 2.0)),
+        (Some(2), Some(1)),
+        "{points:?}"
+    );
+    assert_eq!(
+        (n("pc-lr", 1.0), n("pc-lr", 2.0), n("pc-lr", 4.0)),
+        (Some(1), Some(2), Some(1))
+    );
+    // Runs in epochs: 12 iterations per epoch of the 200 training images at batch 16.
+    let four = points
+        .iter()
+        .find(|x| x["schedule"] == "pc-lr" && x["epochs"].as_f64() == Some(4.0))
+        .unwrap();
+    let dir = std::path::PathBuf::from(four["runs"][0].as_str().unwrap());
+    assert!(
+        dir.display().to_string().contains("-piecewise-4ep-"),
+        "{dir:?}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["iterations"], 48);
+    let speedups = json["speedups"].as_array().unwrap();
+    assert_eq!(speedups.len(), 2, "one per 1cycle budget");
+    for s in speedups {
+        assert!(
+            ["=", "<", ">"].contains(&s["relation"].as_str().unwrap()),
+            "{s}"
+        );
+        let f = s["factor"].as_f64().unwrap();
+        assert!(
+            (f - s["pc_epochs"].as_f64().unwrap() / s["epochs"].as_f64().unwrap()).abs() < 1e-9
+        );
+    }
+    let claims: Vec<&str> = r.verdicts.iter().map(|v| v.claim.as_str()).collect();
+    assert!(
+        claims.iter().any(|c| c.starts_with("1: 1cycle")),
+        "{claims:?}"
+    );
+    assert!(claims.iter().any(|c| c.starts_with("target")), "{claims:?}");
+    assert!(
+        claims.iter().any(|c| c.starts_with("2 (headline)")),
+        "{claims:?}"
+    );
+    let md = std::fs::read_to_string(p.out.join("report.md")).unwrap();
+    for part in [
+        "Weight decay, chosen",
+        "Accuracy against budget",
+        "Speed-up",
+        "Verdicts",
+    ] {
+        assert!(md.contains(part), "{part}: {md}");
+    }
+    assert!(p.out.join("accuracy-vs-epochs.png").exists());
+}

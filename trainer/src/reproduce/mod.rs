@@ -2,6 +2,7 @@
 //! (resuming unfinished ones, skipping finished ones), then writes `report.md`, `report.json` and
 //! plots that put our numbers beside the paper's, with a verdict per claim.
 
+pub mod budget;
 pub mod preset;
 mod report;
 
@@ -32,6 +33,20 @@ pub struct ReproducePlan {
     pub progress: bool,
     /// Only list the runs.
     pub dry_run: bool,
+}
+
+/// Every experiment `reproduce` knows: the presets, then `budget` (its own format and report).
+pub fn experiments() -> Vec<&'static str> {
+    PRESETS.iter().map(|p| p.0).chain(["budget"]).collect()
+}
+
+/// Checks that an experiment exists (and its preset parses).
+pub fn check_experiment(experiment: &str) -> anyhow::Result<()> {
+    if experiment == "budget" {
+        budget::load().map(|_| ())
+    } else {
+        load(experiment).map(|_| ())
+    }
 }
 
 /// Does one planned run (or nothing, when it already finished). Diverged runs are results too.
@@ -72,6 +87,9 @@ fn do_run(r: &PlannedRun, progress: bool) -> anyhow::Result<()> {
 
 /// Runs the experiment and writes the report; returns it.
 pub fn reproduce(plan: &ReproducePlan) -> anyhow::Result<Option<Report>> {
+    if plan.experiment == "budget" {
+        return budget::reproduce(plan);
+    }
     let preset = load(&plan.experiment)?;
     let (mut scale, mut runs) = expand(
         &preset,

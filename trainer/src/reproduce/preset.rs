@@ -80,13 +80,13 @@ pub fn load(experiment: &str) -> anyhow::Result<Preset> {
     let Some((_, text)) = PRESETS.iter().find(|(n, _)| *n == experiment) else {
         bail!(
             "unknown experiment '{experiment}': expected one of {}",
-            PRESETS.map(|p| p.0).join(", ")
+            super::experiments().join(", ")
         );
     };
     toml::from_str(text).with_context(|| format!("preset {experiment}.toml is invalid"))
 }
 
-fn merge(base: &mut toml::Table, over: &toml::Table) {
+pub(crate) fn merge(base: &mut toml::Table, over: &toml::Table) {
     for (k, v) in over {
         match (base.get_mut(k), v) {
             (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
@@ -104,18 +104,22 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// The run directory of a config: `{model}-{schedule}-{iterations}it-s{seed}-{hash}`.
+/// The run directory of a config: `{model}-{schedule}-{iterations}it-s{seed}-{hash}`, or
+/// `{epochs}ep` for a length in epochs.
 pub fn run_dir(root: &Path, cfg: &TrainConfig) -> PathBuf {
     let json = serde_json::to_string(cfg).expect("config serializes");
     let kind = serde_json::to_value(&cfg.schedule)
         .ok()
         .and_then(|v| v["kind"].as_str().map(String::from))
         .unwrap_or_default();
+    let length = match (cfg.iterations, cfg.epochs) {
+        (None, Some(e)) => format!("{e}ep"),
+        (i, _) => format!("{}it", i.unwrap_or(0)),
+    };
     root.join(format!(
-        "{}-{}-{}it-s{}-{:08x}",
+        "{}-{}-{length}-s{}-{:08x}",
         cfg.model.name,
         kind,
-        cfg.iterations.unwrap_or(0),
         cfg.seed,
         fnv1a(json.as_bytes()) as u32
     ))
@@ -271,6 +275,33 @@ mod tests {
         let pc = &runs[1].config;
         assert_eq!(pc.iterations, Some(80_000));
         assert_eq!(pc.optimizer.weight_decay, 1e-4);
+    }
+
+    #[test]
+    fn resnet110_pc_lr_warms_up_as_he_et_al() {
+        let (_, runs) = expand(
+            &load("depth").unwrap(),
+            "cpu",
+            Path::new("d"),
+            1,
+            "cpu",
+            Path::new("r"),
+        )
+        .unwrap();
+        let pc = runs.iter().find(|r| r.label == "pc-lr resnet110").unwrap();
+        match &pc.config.schedule {
+            Schedule::Piecewise(p) => {
+                assert_eq!((p.warmup_iterations, p.warmup_lr), (400, Some(0.01)));
+                assert!((pc.config.schedule.at(399, 3200).lr - 0.01).abs() < 1e-12);
+                assert!((pc.config.schedule.at(400, 3200).lr - 0.1).abs() < 1e-12);
+            }
+            s => panic!("{s:?}"),
+        }
+        // The other depths keep their runs (and run directories) as they were.
+        let r56 = runs.iter().find(|r| r.label == "pc-lr resnet56").unwrap();
+        assert!(!serde_json::to_string(&r56.config)
+            .unwrap()
+            .contains("warmup"));
     }
 
     #[test]

@@ -33,7 +33,7 @@ impl Stat {
         };
         Some(Stat { mean, std, n })
     }
-    fn text(&self) -> String {
+    pub fn text(&self) -> String {
         if self.n > 1 {
             format!(
                 "{:.2} ± {:.2} (n={})",
@@ -211,7 +211,7 @@ fn step_size_verdict(measured: &[(&Row, &Stat)]) -> (String, String) {
 }
 
 /// Compares two stats: the verdict of "a > b" with its margin.
-fn compare(a: &Stat, b: &Stat) -> (String, String) {
+pub(super) fn compare(a: &Stat, b: &Stat) -> (String, String) {
     let diff = a.mean - b.mean;
     let n = a.n.min(b.n);
     let se = (a.std.powi(2) / a.n as f64 + b.std.powi(2) / b.n as f64).sqrt();

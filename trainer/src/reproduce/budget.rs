@@ -1,0 +1,966 @@
+//! `sc-trainer reproduce budget`: accuracy against training budget, one line per schedule.
+//!
+//! Claim 2 asks how many epochs each schedule needs for a given accuracy; a single pair of runs
+//! cannot answer it. This experiment trains every schedule at several budgets (epochs), each run
+//! to its own end (a PC-LR run's accuracy half-way through is not what PC-LR reaches with half the
+//! budget), and reads the answer off the curves:
+//!
+//! 1. **Weight decay** is chosen per schedule on the validation split: every candidate at
+//!    `tune_epochs`, the best final validation accuracy wins (ties: the first candidate).
+//! 2. **The grid**: each schedule at each of its budgets with its chosen weight decay; the
+//!    headline pair with more seeds. Cheapest runs first, so a partial experiment already has
+//!    its short budgets.
+//! 3. **The report**: the table, the plot (log epochs), the speed-up (the epochs PC-LR needs to
+//!    match one cycle's accuracy, interpolated on log epochs, over one cycle's epochs), claim 1
+//!    at every budget both schedules ran, and the headline against its target.
+//!
+//! Runs are ordinary run directories named by a hash of their config (shared with every other
+//! experiment and resumed where they stopped), so the whole can be spread over many sessions:
+//! run the same command again and it goes on.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+use super::preset::{merge, run_dir, stretch, PlannedRun, Role};
+use super::report::{compare, Stat};
+use super::ReproducePlan;
+use crate::config::TrainConfig;
+use crate::run_dir::{read_summary, Outcome};
+
+/// The preset, compiled in.
+pub const PRESET: &str = include_str!("../../presets/budget.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetPreset {
+    pub experiment: String,
+    pub claims: Vec<u32>,
+    pub title: String,
+    pub scale: BTreeMap<String, BudgetScale>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetScale {
+    /// The experiment's cost, in words.
+    pub budget: String,
+    /// Settings every run shares.
+    pub base: toml::Table,
+    /// Epochs of the weight-decay runs.
+    pub tune_epochs: f64,
+    /// Weight-decay candidates, tried for every schedule.
+    pub weight_decays: Vec<f64>,
+    /// The accuracy to reach, percent (He et al.'s ResNet-20: 91.25), and what it is.
+    pub target: f64,
+    pub target_source: String,
+    pub headline: Headline,
+    pub schedules: Vec<BudgetSchedule>,
+}
+
+/// The pair behind the headline: one cycle at `sc_epochs` against PC-LR at `pc_epochs` (twice
+/// as many: if one cycle is ahead, PC-LR needs more than twice the epochs), with more seeds.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Headline {
+    /// The one-cycle schedule's label.
+    pub sc: String,
+    pub sc_epochs: f64,
+    /// The PC-LR schedule's label.
+    pub pc: String,
+    pub pc_epochs: f64,
+    pub seeds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetSchedule {
+    pub label: String,
+    /// `sc` (one cycle) or `pc` (the baseline).
+    pub role: Role,
+    /// The budgets, in epochs of the training split.
+    pub epochs: Vec<f64>,
+    /// Why this schedule and these values (goes into the report).
+    pub note: String,
+    /// Settings over `base` (the schedule).
+    pub set: toml::Table,
+}
+
+pub fn load() -> anyhow::Result<BudgetPreset> {
+    let p: BudgetPreset = toml::from_str(PRESET).context("preset budget.toml is invalid")?;
+    for (name, s) in &p.scale {
+        let known = |l: &str| s.schedules.iter().any(|x| x.label == l);
+        if !known(&s.headline.sc) || !known(&s.headline.pc) {
+            bail!("preset budget.toml / {name}: the headline names a schedule it does not have");
+        }
+        if s.weight_decays.is_empty() {
+            bail!("preset budget.toml / {name}: no weight_decays");
+        }
+    }
+    Ok(p)
+}
+
+/// One schedule's weight-decay choice.
+#[derive(Debug, Clone, Serialize)]
+pub struct Tuning {
+    pub schedule: String,
+    pub epochs: f64,
+    /// (weight decay, final validation accuracy or None when unfinished/diverged, run dir).
+    pub tried: Vec<(f64, Option<f64>, String)>,
+    /// None until every candidate has finished.
+    pub chosen: Option<f64>,
+}
+
+/// A run of the experiment: a planned run plus its budget.
+#[derive(Debug, Clone)]
+pub struct BudgetRun {
+    pub run: PlannedRun,
+    pub epochs: f64,
+    pub weight_decay: f64,
+}
+
+/// The config of one schedule at one budget, weight decay and seed.
+fn config(
+    scale: &BudgetScale,
+    s: &BudgetSchedule,
+    epochs: f64,
+    wd: f64,
+    seed: u64,
+    plan: &ReproducePlan,
+) -> anyhow::Result<TrainConfig> {
+    let mut t = scale.base.clone();
+    merge(&mut t, &s.set);
+    let mut fixed = toml::Table::new();
+    fixed.insert("epochs".into(), toml::Value::Float(epochs));
+    fixed.insert("seed".into(), toml::Value::Integer(seed as i64));
+    fixed.insert("device".into(), toml::Value::String(plan.device.clone()));
+    let mut opt = toml::Table::new();
+    opt.insert("weight_decay".into(), toml::Value::Float(wd));
+    fixed.insert("optimizer".into(), toml::Value::Table(opt));
+    let mut d = toml::Table::new();
+    d.insert(
+        "path".into(),
+        toml::Value::String(plan.data.display().to_string()),
+    );
+    fixed.insert("data".into(), toml::Value::Table(d));
+    merge(&mut t, &fixed);
+    let mut c: TrainConfig = toml::Value::Table(t)
+        .try_into()
+        .with_context(|| format!("preset budget / {}: invalid config", s.label))?;
+    if plan.budget != 1.0 {
+        stretch(&mut c, plan.budget)?;
+    }
+    c.validate()
+        .with_context(|| format!("preset budget / {} at {epochs} epochs", s.label))?;
+    Ok(c)
+}
+
+fn planned(
+    s: &BudgetSchedule,
+    epochs: f64,
+    wd: f64,
+    config: TrainConfig,
+    root: &Path,
+) -> BudgetRun {
+    BudgetRun {
+        run: PlannedRun {
+            label: format!("{} {epochs} ep", s.label),
+            role: s.role,
+            group: s.label.clone(),
+            paper: 0.0,
+            seed: config.seed,
+            dir: run_dir(root, &config),
+            config,
+        },
+        epochs,
+        weight_decay: wd,
+    }
+}
+
+/// The weight-decay runs, schedule by schedule.
+pub fn tuning_runs(scale: &BudgetScale, plan: &ReproducePlan) -> anyhow::Result<Vec<BudgetRun>> {
+    let mut out = Vec::new();
+    for s in &scale.schedules {
+        for &wd in &scale.weight_decays {
+            let c = config(scale, s, scale.tune_epochs, wd, 0, plan)?;
+            out.push(planned(s, scale.tune_epochs, wd, c, &plan.runs_root));
+        }
+    }
+    Ok(out)
+}
+
+/// The final validation accuracy of a finished run (None: unfinished, or diverged).
+fn final_acc(dir: &Path) -> Option<f64> {
+    let s = read_summary(dir)?;
+    (s.outcome == Outcome::Finished)
+        .then_some(s.final_val_acc)
+        .flatten()
+}
+
+fn finished(dir: &Path) -> bool {
+    read_summary(dir).is_some_and(|s| matches!(s.outcome, Outcome::Finished | Outcome::Diverged))
+}
+
+/// Each schedule's weight decay, from the tuning runs as far as they have finished.
+pub fn tunings(scale: &BudgetScale, tune: &[BudgetRun]) -> Vec<Tuning> {
+    scale
+        .schedules
+        .iter()
+        .map(|s| {
+            let tried: Vec<(f64, Option<f64>, String)> = tune
+                .iter()
+                .filter(|r| r.run.group == s.label)
+                .map(|r| {
+                    (
+                        r.weight_decay,
+                        final_acc(&r.run.dir),
+                        r.run.dir.display().to_string(),
+                    )
+                })
+                .collect();
+            let all_done = tune
+                .iter()
+                .filter(|r| r.run.group == s.label)
+                .all(|r| finished(&r.run.dir));
+            let chosen = all_done.then(|| choose(&tried)).flatten();
+            Tuning {
+                schedule: s.label.clone(),
+                epochs: scale.tune_epochs,
+                tried,
+                chosen,
+            }
+        })
+        .collect()
+}
+
+/// The candidate with the best accuracy (the first of equals); None when none finished.
+fn choose(tried: &[(f64, Option<f64>, String)]) -> Option<f64> {
+    let mut best: Option<(f64, f64)> = None;
+    for (wd, acc, _) in tried {
+        if let Some(a) = acc {
+            if best.is_none_or(|(_, b)| *a > b) {
+                best = Some((*wd, *a));
+            }
+        }
+    }
+    best.map(|b| b.0)
+}
+
+/// The grid for the chosen weight decays (schedules not yet tuned are left out), cheapest first.
+pub fn grid_runs(
+    scale: &BudgetScale,
+    tunings: &[Tuning],
+    plan: &ReproducePlan,
+) -> anyhow::Result<Vec<BudgetRun>> {
+    let mut out = Vec::new();
+    for s in &scale.schedules {
+        let Some(wd) = tunings
+            .iter()
+            .find(|t| t.schedule == s.label)
+            .and_then(|t| t.chosen)
+        else {
+            continue;
+        };
+        for &e in &s.epochs {
+            let headline = (s.label == scale.headline.sc && e == scale.headline.sc_epochs)
+                || (s.label == scale.headline.pc && e == scale.headline.pc_epochs);
+            let seeds = if headline {
+                plan.seeds.max(scale.headline.seeds)
+            } else {
+                plan.seeds
+            };
+            for seed in 0..seeds {
+                let c = config(scale, s, e, wd, seed, plan)?;
+                out.push(planned(s, e, wd, c, &plan.runs_root));
+            }
+        }
+    }
+    out.sort_by(|a, b| {
+        a.epochs
+            .total_cmp(&b.epochs)
+            .then(a.run.seed.cmp(&b.run.seed))
+    });
+    Ok(out)
+}
+
+fn status(dir: &Path) -> &'static str {
+    match read_summary(dir).map(|s| s.outcome) {
+        Some(Outcome::Finished) => "done",
+        Some(Outcome::Diverged) => "diverged",
+        _ if dir.join(crate::checkpoint::CHECKPOINT).exists() => "started",
+        _ => "to do",
+    }
+}
+
+/// Runs the experiment as far as it goes (or lists it), then writes the report.
+pub fn reproduce(plan: &ReproducePlan) -> anyhow::Result<Option<super::report::Report>> {
+    let preset = load()?;
+    let scale = preset.scale.get(&plan.scale).ok_or_else(|| {
+        anyhow::anyhow!(
+            "experiment budget has no scale '{}': expected one of {}",
+            plan.scale,
+            preset.scale.keys().cloned().collect::<Vec<_>>().join(", ")
+        )
+    })?;
+    if plan.seeds == 0 {
+        bail!("--seeds must be at least 1");
+    }
+    let tune = tuning_runs(scale, plan)?;
+    eprintln!(
+        "{} ({} scale). Budget: {}",
+        preset.title, plan.scale, scale.budget
+    );
+    if plan.dry_run {
+        let t = tunings(scale, &tune);
+        for r in &tune {
+            println!(
+                "tune  {:<34} wd {:<7} seed {}  {:<8} {}",
+                r.run.label,
+                r.weight_decay,
+                r.run.seed,
+                status(&r.run.dir),
+                r.run.dir.display()
+            );
+        }
+        for r in grid_runs(scale, &t, plan)? {
+            println!(
+                "grid  {:<34} wd {:<7} seed {}  {:<8} {}",
+                r.run.label,
+                r.weight_decay,
+                r.run.seed,
+                status(&r.run.dir),
+                r.run.dir.display()
+            );
+        }
+        for x in t.iter().filter(|x| x.chosen.is_none()) {
+            println!(
+                "grid  {:<34} (listed once its weight decay is chosen)",
+                x.schedule
+            );
+        }
+        return Ok(None);
+    }
+    crate::io::ensure_writable_dir(&plan.out)?;
+    for r in &tune {
+        super::do_run(&r.run, plan.progress)?;
+    }
+    let t = tunings(scale, &tune);
+    let grid = grid_runs(scale, &t, plan)?;
+    for r in &grid {
+        super::do_run(&r.run, plan.progress)?;
+        // The report after every run: an experiment spread over sessions always has one.
+        build_report(&preset, scale, plan, &t, &grid)?;
+    }
+    Ok(Some(build_report(&preset, scale, plan, &t, &grid)?))
+}
+
+/// One schedule at one budget over its seeds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Point {
+    pub schedule: String,
+    pub role: Role,
+    pub epochs: f64,
+    pub weight_decay: f64,
+    /// Over finished seeds (fractions).
+    pub val_acc: Option<Stat>,
+    pub seeds_planned: usize,
+    pub diverged: usize,
+    /// Mean training time of the finished seeds, seconds.
+    pub train_seconds: Option<f64>,
+    pub runs: Vec<String>,
+}
+
+/// How many epochs PC-LR needs to match one cycle's accuracy at one budget.
+#[derive(Debug, Clone, Serialize)]
+pub struct Speedup {
+    pub schedule: String,
+    pub epochs: f64,
+    pub accuracy: f64,
+    /// `=`: interpolated; `>`: PC-LR never reached it (a lower bound from its longest budget);
+    /// `<`: PC-LR's shortest budget already beats it (an upper bound).
+    pub relation: String,
+    pub pc_epochs: f64,
+    pub factor: f64,
+}
+
+/// Epochs at which a curve of (epochs, accuracy) first reaches `acc`, linear in log epochs
+/// between measured budgets. `Err(Less)`: reached at the first budget already; `Err(Greater)`:
+/// never reached.
+pub fn epochs_to_reach(curve: &[(f64, f64)], acc: f64) -> Result<f64, std::cmp::Ordering> {
+    let first = curve.first().ok_or(std::cmp::Ordering::Greater)?;
+    if first.1 >= acc {
+        return Err(std::cmp::Ordering::Less);
+    }
+    for w in curve.windows(2) {
+        let ((e0, a0), (e1, a1)) = (w[0], w[1]);
+        if a1 >= acc && a1 > a0 {
+            let f = (acc - a0) / (a1 - a0);
+            return Ok((e0.ln() + f * (e1.ln() - e0.ln())).exp());
+        }
+    }
+    Err(std::cmp::Ordering::Greater)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BudgetReport {
+    pub experiment: String,
+    pub title: String,
+    pub scale: String,
+    pub budget: String,
+    pub target: f64,
+    pub target_source: String,
+    pub headline: Headline,
+    pub tuning: Vec<Tuning>,
+    pub points: Vec<Point>,
+    pub speedups: Vec<Speedup>,
+    pub verdicts: Vec<super::report::Verdict>,
+    pub plots: Vec<String>,
+    pub notes: Vec<(String, String)>,
+}
+
+fn points(grid: &[BudgetRun]) -> Vec<Point> {
+    let mut pts: Vec<Point> = Vec::new();
+    for r in grid {
+        let i = match pts
+            .iter()
+            .position(|p| p.schedule == r.run.group && p.epochs == r.epochs)
+        {
+            Some(i) => i,
+            None => {
+                pts.push(Point {
+                    schedule: r.run.group.clone(),
+                    role: r.run.role,
+                    epochs: r.epochs,
+                    weight_decay: r.weight_decay,
+                    val_acc: None,
+                    seeds_planned: 0,
+                    diverged: 0,
+                    train_seconds: None,
+                    runs: vec![],
+                });
+                pts.len() - 1
+            }
+        };
+        pts[i].seeds_planned += 1;
+        pts[i].runs.push(r.run.dir.display().to_string());
+    }
+    for p in pts.iter_mut() {
+        let summaries: Vec<_> = p
+            .runs
+            .iter()
+            .filter_map(|d| read_summary(Path::new(d)))
+            .collect();
+        p.diverged = summaries
+            .iter()
+            .filter(|s| s.outcome == Outcome::Diverged)
+            .count();
+        let done: Vec<_> = summaries
+            .iter()
+            .filter(|s| s.outcome == Outcome::Finished)
+            .collect();
+        let accs: Vec<f64> = done.iter().filter_map(|s| s.final_val_acc).collect();
+        p.val_acc = Stat::of(&accs);
+        if !done.is_empty() {
+            p.train_seconds =
+                Some(done.iter().map(|s| s.train_seconds).sum::<f64>() / done.len() as f64);
+        }
+    }
+    pts
+}
+
+/// A schedule's curve: (epochs, mean accuracy) of its finished budgets.
+fn curve(points: &[Point], schedule: &str) -> Vec<(f64, f64)> {
+    points
+        .iter()
+        .filter(|p| p.schedule == schedule)
+        .filter_map(|p| p.val_acc.as_ref().map(|s| (p.epochs, s.mean)))
+        .collect()
+}
+
+fn speedups(scale: &BudgetScale, points: &[Point]) -> Vec<Speedup> {
+    let Some(pc) = scale.schedules.iter().find(|s| s.role == Role::Pc) else {
+        return vec![];
+    };
+    let pc_curve = curve(points, &pc.label);
+    if pc_curve.is_empty() {
+        return vec![];
+    }
+    let mut out = Vec::new();
+    for s in scale.schedules.iter().filter(|s| s.role == Role::Sc) {
+        for (e, acc) in curve(points, &s.label) {
+            let (relation, pc_epochs) = match epochs_to_reach(&pc_curve, acc) {
+                Ok(x) => ("=", x),
+                Err(std::cmp::Ordering::Less) => ("<", pc_curve[0].0),
+                Err(_) => (">", pc_curve.last().unwrap().0),
+            };
+            out.push(Speedup {
+                schedule: s.label.clone(),
+                epochs: e,
+                accuracy: acc,
+                relation: relation.into(),
+                pc_epochs,
+                factor: pc_epochs / e,
+            });
+        }
+    }
+    out
+}
+
+fn point<'a>(points: &'a [Point], schedule: &str, epochs: f64) -> Option<&'a Point> {
+    points
+        .iter()
+        .find(|p| p.schedule == schedule && p.epochs == epochs)
+}
+
+fn verdicts(scale: &BudgetScale, points: &[Point], sp: &[Speedup]) -> Vec<super::report::Verdict> {
+    use super::report::Verdict;
+    let mut v = Vec::new();
+    let pc = scale.schedules.iter().find(|s| s.role == Role::Pc);
+    // Claim 1 at every budget both ran.
+    for s in scale.schedules.iter().filter(|s| s.role == Role::Sc) {
+        let Some(pc) = pc else { break };
+        let mut parts = Vec::new();
+        let mut all = Vec::new();
+        for &e in &s.epochs {
+            if let (Some(a), Some(b)) = (
+                point(points, &s.label, e).and_then(|p| p.val_acc.as_ref()),
+                point(points, &pc.label, e).and_then(|p| p.val_acc.as_ref()),
+            ) {
+                let (verdict, detail) = compare(a, b);
+                parts.push(format!(
+                    "{e} epochs: {verdict} ({:.2} vs {:.2}, {detail})",
+                    a.mean * 100.0,
+                    b.mean * 100.0
+                ));
+                all.push(verdict);
+            }
+        }
+        if !all.is_empty() {
+            let verdict = if all.iter().all(|x| x == "holds") {
+                "holds"
+            } else if all.iter().all(|x| x == "does not hold") {
+                "does not hold"
+            } else if all.iter().any(|x| x == "holds") {
+                "holds at some budgets"
+            } else {
+                "inconclusive"
+            };
+            v.push(Verdict {
+                claim: format!("1: {} is more accurate than PC-LR at equal epochs", s.label),
+                verdict: verdict.into(),
+                detail: parts.join("; "),
+            });
+        }
+    }
+    // Claim 2 as a factor, from the curves.
+    for s in scale.schedules.iter().filter(|s| s.role == Role::Sc) {
+        let mine: Vec<&Speedup> = sp.iter().filter(|x| x.schedule == s.label).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let best = mine
+            .iter()
+            .max_by(|a, b| a.factor.total_cmp(&b.factor))
+            .unwrap();
+        let verdict = if best.factor >= 10.0 && best.relation != "<" {
+            "holds (10x)"
+        } else if best.factor >= 2.0 && best.relation != "<" {
+            "holds in part: fewer epochs, not 10x"
+        } else if mine.iter().all(|x| x.relation == "<" || x.factor < 1.0) {
+            "does not hold"
+        } else {
+            "inconclusive"
+        };
+        v.push(Verdict {
+            claim: format!(
+                "2: {} needs fewer epochs than PC-LR for the same accuracy",
+                s.label
+            ),
+            verdict: verdict.into(),
+            detail: mine
+                .iter()
+                .map(|x| {
+                    format!(
+                        "at {} epochs ({:.2}%) PC-LR needs {}{:.0} epochs: {}{:.1}x",
+                        x.epochs,
+                        x.accuracy * 100.0,
+                        if x.relation == "=" { "" } else { &x.relation },
+                        x.pc_epochs,
+                        if x.relation == "=" { "" } else { &x.relation },
+                        x.factor
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+        });
+    }
+    // The headline.
+    let h = &scale.headline;
+    let sc = point(points, &h.sc, h.sc_epochs).and_then(|p| p.val_acc.clone());
+    let pcp = point(points, &h.pc, h.pc_epochs).and_then(|p| p.val_acc.clone());
+    let target = scale.target / 100.0;
+    match &sc {
+        Some(a) => {
+            let lo = a.mean - 2.0 * a.std / (a.n as f64).sqrt();
+            let verdict = if a.n >= 2 && lo >= target || a.n < 2 && a.mean >= target {
+                "reached"
+            } else if a.mean >= target {
+                "reached on average, within the spread"
+            } else {
+                "not reached"
+            };
+            v.push(Verdict {
+                claim: format!(
+                    "target: {} reaches {:.2}% ({}) in {} epochs",
+                    h.sc, scale.target, scale.target_source, h.sc_epochs
+                ),
+                verdict: verdict.into(),
+                detail: format!(
+                    "{} ({:+.2} points against the target)",
+                    a.text(),
+                    (a.mean - target) * 100.0
+                ),
+            });
+        }
+        None => v.push(Verdict {
+            claim: format!(
+                "target: {} reaches {:.2}% in {} epochs",
+                h.sc, scale.target, h.sc_epochs
+            ),
+            verdict: "not measured yet".into(),
+            detail: "the run has not finished".into(),
+        }),
+    }
+    let c2 = format!(
+        "2 (headline): PC-LR needs at least {:.0}x the epochs ({} at {} vs {} at {})",
+        h.pc_epochs / h.sc_epochs,
+        h.sc,
+        h.sc_epochs,
+        h.pc,
+        h.pc_epochs
+    );
+    match (&sc, &pcp) {
+        (Some(a), Some(b)) => {
+            let (verdict, detail) = compare(a, b);
+            v.push(Verdict {
+                claim: c2,
+                verdict,
+                detail: format!("{} vs {}: {detail}", a.text(), b.text()),
+            });
+        }
+        _ => v.push(Verdict {
+            claim: c2,
+            verdict: "not measured yet".into(),
+            detail: "a run of the pair has not finished".into(),
+        }),
+    }
+    v
+}
+
+fn build_report(
+    preset: &BudgetPreset,
+    scale: &BudgetScale,
+    plan: &ReproducePlan,
+    tuning: &[Tuning],
+    grid: &[BudgetRun],
+) -> anyhow::Result<super::report::Report> {
+    let mut pts = points(grid);
+    let order = |p: &Point| scale.schedules.iter().position(|s| s.label == p.schedule);
+    pts.sort_by(|a, b| order(a).cmp(&order(b)).then(a.epochs.total_cmp(&b.epochs)));
+    let sp = speedups(scale, &pts);
+    let verdicts = verdicts(scale, &pts, &sp);
+    let mut plots = Vec::new();
+    let series: Vec<(String, Vec<(f64, f64, f64)>)> = scale
+        .schedules
+        .iter()
+        .map(|s| {
+            (
+                s.label.clone(),
+                pts.iter()
+                    .filter(|p| p.schedule == s.label)
+                    .filter_map(|p| p.val_acc.as_ref().map(|a| (p.epochs, a.mean, a.std)))
+                    .collect(),
+            )
+        })
+        .collect();
+    if series.iter().any(|s| !s.1.is_empty()) {
+        match crate::plot::budget_plot(
+            &plan.out.join("accuracy-vs-epochs.png"),
+            &format!("{} ({} scale)", preset.title, plan.scale),
+            &series,
+            Some((scale.target / 100.0, scale.target_source.as_str())),
+        ) {
+            Ok(()) => plots.push("accuracy-vs-epochs.png".to_string()),
+            Err(e) => eprintln!("warning: could not draw accuracy-vs-epochs.png: {e:#}"),
+        }
+    }
+    let report = BudgetReport {
+        experiment: preset.experiment.clone(),
+        title: preset.title.clone(),
+        scale: plan.scale.clone(),
+        budget: scale.budget.clone(),
+        target: scale.target,
+        target_source: scale.target_source.clone(),
+        headline: scale.headline.clone(),
+        tuning: tuning.to_vec(),
+        points: pts,
+        speedups: sp,
+        verdicts: verdicts.clone(),
+        plots: plots.clone(),
+        notes: scale
+            .schedules
+            .iter()
+            .map(|s| (s.label.clone(), s.note.clone()))
+            .collect(),
+    };
+    crate::io::write_json(&plan.out.join("report.json"), &report)?;
+    crate::io::write_atomic(&plan.out.join("report.md"), markdown(&report).as_bytes())?;
+    Ok(super::report::Report {
+        experiment: report.experiment,
+        title: report.title,
+        scale: report.scale,
+        budget: report.budget,
+        rows: vec![],
+        verdicts,
+        plots,
+    })
+}
+
+fn pct(s: &Option<Stat>) -> String {
+    s.as_ref().map(|s| s.text()).unwrap_or_else(|| "—".into())
+}
+
+fn markdown(r: &BudgetReport) -> String {
+    let mut s = format!(
+        "# {} ({} scale)\n\nBudget: {}\n\nValidation accuracy (%) on the held-out split of the \
+         training set at the end of each run; every run trains to its own end. Mean ± std over \
+         seeds (n).\n\n",
+        r.title, r.scale, r.budget
+    );
+    s += "## Schedules\n\n";
+    for (label, note) in &r.notes {
+        s += &format!("- **{label}**: {note}\n");
+    }
+    s += "\n## Weight decay, chosen on the validation split\n\n| schedule | epochs | tried (val acc %) | chosen |\n|---|---:|---|---:|\n";
+    for t in &r.tuning {
+        s += &format!(
+            "| {} | {} | {} | {} |\n",
+            t.schedule,
+            t.epochs,
+            t.tried
+                .iter()
+                .map(|(wd, a, _)| format!(
+                    "{wd}: {}",
+                    a.map(|a| format!("{:.2}", a * 100.0))
+                        .unwrap_or_else(|| "—".into())
+                ))
+                .collect::<Vec<_>>()
+                .join(", "),
+            t.chosen
+                .map(|w| w.to_string())
+                .unwrap_or_else(|| "pending".into())
+        );
+    }
+    s += "\n## Accuracy against budget\n\n| schedule | epochs | weight decay | val acc % | diverged | train time |\n|---|---:|---:|---|---:|---:|\n";
+    for p in &r.points {
+        s += &format!(
+            "| {} | {} | {} | {}{} | {} | {} |\n",
+            p.schedule,
+            p.epochs,
+            p.weight_decay,
+            pct(&p.val_acc),
+            match &p.val_acc {
+                Some(a) if a.n < p.seeds_planned =>
+                    format!(" ({} of {} seeds)", a.n, p.seeds_planned),
+                None => format!(" (0 of {} seeds)", p.seeds_planned),
+                _ => String::new(),
+            },
+            p.diverged,
+            p.train_seconds
+                .map(|t| format!("{:.0} min", t / 60.0))
+                .unwrap_or_else(|| "—".into())
+        );
+    }
+    if !r.speedups.is_empty() {
+        s += "\n## Speed-up: the epochs PC-LR needs for one cycle's accuracy\n\nInterpolated linearly in log(epochs) between PC-LR's budgets; `>` and `<` are bounds where \
+              one cycle's accuracy lies outside PC-LR's measured range.\n\n| schedule | epochs | val acc % | PC-LR epochs for it | speed-up |\n|---|---:|---:|---:|---:|\n";
+        for x in &r.speedups {
+            let rel = if x.relation == "=" {
+                ""
+            } else {
+                x.relation.as_str()
+            };
+            s += &format!(
+                "| {} | {} | {:.2} | {rel}{:.1} | {rel}{:.2}x |\n",
+                x.schedule,
+                x.epochs,
+                x.accuracy * 100.0,
+                x.pc_epochs,
+                x.factor
+            );
+        }
+    }
+    s += "\n## Verdicts\n\n";
+    for v in &r.verdicts {
+        s += &format!("- **Claim {}** — {}: {}\n", v.claim, v.verdict, v.detail);
+    }
+    if !r.plots.is_empty() {
+        s += "\n## Plot\n\n";
+        for p in &r.plots {
+            s += &format!("![{p}]({p})\n");
+        }
+    }
+    s += "\n## Runs\n\n";
+    for t in &r.tuning {
+        for (wd, _, d) in &t.tried {
+            s += &format!("- tuning {} wd {wd}: {d}\n", t.schedule);
+        }
+    }
+    for p in &r.points {
+        s += &format!("- {} {} ep: {}\n", p.schedule, p.epochs, p.runs.join(", "));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(seeds: u64) -> ReproducePlan {
+        ReproducePlan {
+            experiment: "budget".into(),
+            scale: "cpu".into(),
+            data: PathBuf::from("d"),
+            seeds,
+            budget: 1.0,
+            device: "cpu".into(),
+            runs_root: PathBuf::from("r"),
+            out: PathBuf::from("o"),
+            progress: false,
+            dry_run: true,
+        }
+    }
+
+    use std::path::PathBuf;
+
+    #[test]
+    fn the_cpu_scale_is_the_issue_s_grid() {
+        let p = load().unwrap();
+        let s = &p.scale["cpu"];
+        let pc = s.schedules.iter().find(|x| x.role == Role::Pc).unwrap();
+        assert!(pc.epochs.starts_with(&[10.0, 20.0, 40.0]));
+        assert!(pc.epochs.ends_with(&[80.0, 160.0]));
+        for sc in s.schedules.iter().filter(|x| x.role == Role::Sc) {
+            assert_eq!(sc.epochs, vec![5.0, 10.0, 20.0, 30.0, 40.0], "{}", sc.label);
+        }
+        let tune = tuning_runs(s, &plan(1)).unwrap();
+        assert_eq!(tune.len(), s.schedules.len() * s.weight_decays.len());
+        let c = &tune[0].run.config;
+        assert_eq!((c.batch_size, c.model.name.as_str()), (128, "resnet20"));
+        assert_eq!(c.data.val_size, 5000);
+        assert!(c.data.crop && c.data.flip && c.data.pad == 4);
+        // He et al.'s PC-LR: 0.1, x0.1 at 50% and 75% (filled in per run length), momentum 0.9.
+        let pc_cfg = &tune
+            .iter()
+            .find(|r| r.run.role == Role::Pc)
+            .unwrap()
+            .run
+            .config;
+        match &pc_cfg.schedule {
+            crate::schedule::Schedule::Piecewise(p) => {
+                assert_eq!((p.lr, p.gamma), (0.1, 0.1));
+                assert!(p.milestones.is_empty());
+            }
+            s => panic!("{s:?}"),
+        }
+        assert_eq!(pc_cfg.optimizer.momentum, 0.9);
+        // Distinct runs, distinct directories.
+        let mut dirs: Vec<_> = tune.iter().map(|r| r.run.dir.clone()).collect();
+        dirs.sort();
+        dirs.dedup();
+        assert_eq!(dirs.len(), tune.len());
+    }
+
+    #[test]
+    fn the_grid_waits_for_tuning_then_uses_the_choice_with_more_seeds_for_the_headline() {
+        let p = load().unwrap();
+        let s = &p.scale["cpu"];
+        let none: Vec<Tuning> = s
+            .schedules
+            .iter()
+            .map(|x| Tuning {
+                schedule: x.label.clone(),
+                epochs: s.tune_epochs,
+                tried: vec![],
+                chosen: None,
+            })
+            .collect();
+        assert!(grid_runs(s, &none, &plan(1)).unwrap().is_empty());
+        let chosen: Vec<Tuning> = none
+            .iter()
+            .map(|t| Tuning {
+                chosen: Some(5e-4),
+                ..t.clone()
+            })
+            .collect();
+        let grid = grid_runs(s, &chosen, &plan(1)).unwrap();
+        assert!(grid
+            .iter()
+            .all(|r| r.run.config.optimizer.weight_decay == 5e-4));
+        assert!(
+            grid.windows(2).all(|w| w[0].epochs <= w[1].epochs),
+            "cheapest first"
+        );
+        let h = &s.headline;
+        let seeds = |label: &str, e: f64| {
+            grid.iter()
+                .filter(|r| r.run.group == label && r.epochs == e)
+                .count() as u64
+        };
+        assert_eq!(seeds(&h.sc, h.sc_epochs), h.seeds);
+        assert_eq!(seeds(&h.pc, h.pc_epochs), h.seeds);
+        assert_eq!(seeds(&h.pc, 10.0), 1);
+        // A tuning run at the chosen value is the grid run at that budget (done once).
+        let tune = tuning_runs(s, &plan(1)).unwrap();
+        let t = tune
+            .iter()
+            .find(|r| r.weight_decay == 5e-4 && r.run.role == Role::Pc)
+            .unwrap();
+        assert!(grid.iter().any(|g| g.run.dir == t.run.dir));
+    }
+
+    #[test]
+    fn epochs_to_reach_interpolates_in_log_epochs_and_bounds_outside() {
+        let c = [(10.0, 0.80), (20.0, 0.85), (40.0, 0.90)];
+        assert!((epochs_to_reach(&c, 0.85).unwrap() - 20.0).abs() < 1e-9);
+        // Half-way in accuracy between 20 and 40 epochs: sqrt(20 * 40).
+        assert!((epochs_to_reach(&c, 0.875).unwrap() - (800f64).sqrt()).abs() < 1e-9);
+        assert_eq!(epochs_to_reach(&c, 0.79), Err(std::cmp::Ordering::Less));
+        assert_eq!(epochs_to_reach(&c, 0.95), Err(std::cmp::Ordering::Greater));
+        // A dip does not count as reaching: the first crossing upwards.
+        let d = [(10.0, 0.80), (20.0, 0.78), (40.0, 0.90)];
+        let e = epochs_to_reach(&d, 0.84).unwrap();
+        assert!(e > 20.0 && e < 40.0, "{e}");
+    }
+
+    #[test]
+    fn the_best_candidate_wins_and_unfinished_ones_do_not() {
+        let t = |v: &[(f64, Option<f64>)]| {
+            v.iter()
+                .map(|(w, a)| (*w, *a, String::new()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            choose(&t(&[(1e-4, Some(0.90)), (5e-4, Some(0.91))])),
+            Some(5e-4)
+        );
+        assert_eq!(
+            choose(&t(&[(1e-4, Some(0.90)), (5e-4, Some(0.90))])),
+            Some(1e-4)
+        );
+        assert_eq!(choose(&t(&[(1e-4, Some(0.90)), (5e-4, None)])), Some(1e-4));
+        assert_eq!(choose(&t(&[(1e-4, None)])), None);
+    }
+}
