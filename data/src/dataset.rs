@@ -169,10 +169,29 @@ impl Dataset {
     /// - a directory holding one of those archives or the directory they unpack to
     ///   (`cifar-10-batches-bin/`, `cifar-100-binary/`), as `sc-trainer data fetch` leaves it,
     /// - a single CIFAR `.bin` file or an IDX images file (labels found beside it); for a single file
-    ///   `split` is ignored.
+    ///   `split` is ignored,
+    /// - a folder of images ([`crate::folder`]: `DIR/<class>/*` or `DIR/train|val|test/<class>/*`),
+    ///   fitted to 32x32 (use [`crate::folder::open_folder`] for other sizes and options); the
+    ///   test split is `test/`, else `val/`, else every image.
+    ///
+    /// A path that does not exist may be a short name ([`crate::named`]: `cifar-test`,
+    /// `fashion-mnist-train`, ...), whose split wins over `split`.
     pub fn open(path: &Path, split: Split) -> Result<Dataset> {
+        if !path.exists() {
+            if let Some(named) = crate::named::resolve(path) {
+                let (dir, split) = named?;
+                return Dataset::open(&dir, split);
+            }
+        }
         let meta = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?;
-        if meta.is_dir() {
+        if meta.is_dir() && crate::folder::is_image_folder(path) {
+            let part = match split {
+                Split::Train => crate::folder::Part::Train,
+                Split::Test => crate::folder::Part::Test,
+            };
+            let opts = crate::folder::FolderOptions::default();
+            crate::folder::open_folder(path, part, &opts, &|_, _| {}).map(|(d, _)| d)
+        } else if meta.is_dir() {
             crate::archive::open_dir(path, split)
         } else if crate::archive::is_archive(path) {
             crate::archive::open_archive(path, split)

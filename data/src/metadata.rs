@@ -5,6 +5,8 @@
 //! - `sc.classes`: JSON array of class names, in logit order.
 //! - `sc.input`: `{"layout":"NCHW","channels":C,"height":H,"width":W,"pixel_range":[0.0,1.0],"name":"image"}`.
 //! - `sc.normalization`: `{"mean":[..],"std":[..]}`, already applied inside the graph (informational).
+//! - `sc.preprocess`: `{"resize":"shorter-side-center-crop"}` for models trained on image folders:
+//!   how a photo of another size is fitted to the input ([`Resize`]); absent: `stretch`.
 //! - `sc.architecture`: `{"name":..,"config":{..}}`; `sc.parameters`: integer; `sc.recipe`: JSON;
 //!   `sc.val_accuracy`: number; `sc.producer`: free text.
 
@@ -33,6 +35,8 @@ pub mod keys {
     pub const VAL_ACCURACY: &str = "sc.val_accuracy";
     /// Who wrote the file, free text.
     pub const PRODUCER: &str = "sc.producer";
+    /// [`super::Preprocess`] as JSON: how images of another size are fitted to the input.
+    pub const PREPROCESS: &str = "sc.preprocess";
 }
 
 /// Prefix shared by all our metadata keys.
@@ -81,6 +85,26 @@ pub struct Normalization {
     pub std: Vec<f32>,
 }
 
+/// How an image of another size is fitted to the model's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Resize {
+    /// Resized to the input size, aspect ratio not kept (triangle filter): what CIFAR-style
+    /// models, trained on images of the input size already, get.
+    #[default]
+    Stretch,
+    /// The shorter side resized to the input size (aspect ratio kept), then the centre square:
+    /// what the trainer does to the images of a folder ([`crate::images::fit_square`]).
+    ShorterSideCenterCrop,
+}
+
+/// The `sc.preprocess` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preprocess {
+    pub resize: Resize,
+}
+
 /// An `sc.*` entry that is missing, malformed or inconsistent: names the file and the key.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{path}: metadata `{key}`: {problem}")]
@@ -109,6 +133,8 @@ pub struct ModelMetadata {
     pub recipe: Option<serde_json::Value>,
     pub val_accuracy: Option<f64>,
     pub producer: Option<String>,
+    /// How images are fitted to the input (absent: [`Resize::Stretch`]).
+    pub preprocess: Option<Preprocess>,
 }
 
 impl ModelMetadata {
@@ -124,6 +150,7 @@ impl ModelMetadata {
             recipe: None,
             val_accuracy: None,
             producer: None,
+            preprocess: None,
         }
     }
 
@@ -151,6 +178,7 @@ impl ModelMetadata {
             self.val_accuracy.map(format_val_accuracy),
         );
         push(keys::PRODUCER, self.producer.clone());
+        push(keys::PREPROCESS, self.preprocess.as_ref().map(render));
         props
     }
 
@@ -184,6 +212,10 @@ impl ModelMetadata {
             .get(keys::VAL_ACCURACY)
             .map(|v| number::<f64>(path, keys::VAL_ACCURACY, v))
             .transpose()?;
+        let preprocess = props
+            .get(keys::PREPROCESS)
+            .map(|v| json::<Preprocess>(path, keys::PREPROCESS, v))
+            .transpose()?;
         let meta = ModelMetadata {
             classes,
             input,
@@ -193,6 +225,7 @@ impl ModelMetadata {
             recipe,
             val_accuracy,
             producer: props.get(keys::PRODUCER).cloned(),
+            preprocess,
         };
         meta.check_self(path)?;
         Ok(Some(meta))
@@ -342,6 +375,14 @@ mod tests {
                 ],
                 "not a number",
             ),
+            (
+                vec![
+                    ("sc.classes", r#"["a"]"#),
+                    ("sc.input", INPUT),
+                    ("sc.preprocess", r#"{"resize":"squash"}"#),
+                ],
+                "sc.preprocess",
+            ),
         ];
         for (pairs, needle) in cases {
             let e = ModelMetadata::from_props(p, &props(&pairs))
@@ -364,8 +405,15 @@ mod tests {
         m.recipe = Some(serde_json::json!({"iterations": 10}));
         m.val_accuracy = Some(0.9375);
         m.producer = Some("test".into());
+        m.preprocess = Some(Preprocess {
+            resize: Resize::ShorterSideCenterCrop,
+        });
         let props: BTreeMap<String, String> = m.to_props().into_iter().collect();
-        assert_eq!(props.len(), 8);
+        assert_eq!(
+            props["sc.preprocess"],
+            r#"{"resize":"shorter-side-center-crop"}"#
+        );
+        assert_eq!(props.len(), 9);
         assert_eq!(props[keys::INPUT], INPUT);
         let back = ModelMetadata::from_props(Path::new("m.onnx"), &props)
             .unwrap()

@@ -153,6 +153,7 @@ fn resolve_unchecked(
                     pixel_range: i.pixel_range,
                     mean: vec![0.0; i.channels],
                     std: vec![1.0; i.channels],
+                    resize: m.preprocess.as_ref().map(|p| p.resize).unwrap_or_default(),
                 };
                 (desc, m.classes.clone())
             }
@@ -186,6 +187,7 @@ fn raw(path: &Path, name: &str, chw: [&Dim; 3]) -> Result<InputDescription> {
                 pixel_range: [0.0, 1.0],
                 mean: vec![0.0; channels],
                 std: vec![1.0; channels],
+                resize: sc_data::Resize::Stretch,
             })
         }
         _ => Err(preprocessing(
@@ -260,5 +262,6 @@ fn foreign(path: &Path, name: &str, chw: [&Dim; 3], p: &Preprocessing) -> Result
         pixel_range: p.pixel_range,
         mean: p.mean.clone(),
         std: p.std.clone(),
+        resize: sc_data::Resize::Stretch,
     })
 }

@@ -43,6 +43,70 @@ pub struct Evaluation {
 }
 
 impl Classifier {
+    /// Reads a labelled test set for this model: anything [`Dataset::open`] reads (its test
+    /// split; short names like `cifar-test` included), or a folder of images (`test/`, else
+    /// `val/`, else every class folder) fitted to the model's input as the trainer fitted them,
+    /// its labels matched to the model's classes by name.
+    pub fn open_test_set(&self, path: &std::path::Path, skip_bad_images: bool) -> Result<Dataset> {
+        use sc_data::folder;
+        if !folder::is_image_folder(path) {
+            return Ok(Dataset::open(path, crate::data::Split::Test)?);
+        }
+        let i = self.input();
+        let bad = |problem: String| RuntimeError::DatasetMismatch {
+            path: path.to_path_buf(),
+            problem,
+        };
+        if i.height != i.width {
+            return Err(bad(format!(
+                "an image folder is fitted to a square, but the model takes {}x{} images",
+                i.height, i.width
+            )));
+        }
+        let opts = folder::FolderOptions {
+            image_size: i.height as u32,
+            skip_bad_images,
+            ..folder::FolderOptions::default()
+        };
+        let (mut ds, _) = folder::open_folder(path, folder::Part::Test, &opts, &|_, _| {})?;
+        // Folder labels are indices into its sorted class names; the model's may differ.
+        let to_model: Vec<u8> = ds
+            .class_names
+            .iter()
+            .map(|c| {
+                self.classes()
+                    .iter()
+                    .position(|m| m == c)
+                    .map(|p| p as u8)
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "class folder '{c}' is not one of the model's classes ({})",
+                            self.classes().join(", ")
+                        ))
+                    })
+            })
+            .collect::<Result<_>>()?;
+        for l in ds.labels.iter_mut() {
+            *l = to_model[*l as usize];
+        }
+        ds.class_names = self.classes().to_vec();
+        if i.channels == 1 {
+            // Gray models: the cache holds RGB; convert as `predict` does (luma).
+            let plane = i.height * i.width;
+            let mut gray = Vec::with_capacity(ds.len() * plane);
+            for k in 0..ds.len() {
+                let im = ds.image(k);
+                for p in 0..plane {
+                    let (r, g, b) = (im[p] as u32, im[plane + p] as u32, im[2 * plane + p] as u32);
+                    gray.push(((2126 * r + 7152 * g + 722 * b + 5000) / 10000) as u8);
+                }
+            }
+            ds.images = gray;
+            ds.channels = 1;
+        }
+        Ok(ds)
+    }
+
     /// Evaluates on the whole data set.
     pub fn evaluate(&self, data: &Dataset) -> Result<Evaluation> {
         self.evaluate_with_progress(data, &|_| {})

@@ -4,15 +4,11 @@
 use std::io::{Read, Seek};
 use std::path::Path;
 
-use image::{imageops::FilterType, DynamicImage, ImageReader, Limits};
+use image::{imageops::FilterType, DynamicImage, ImageReader};
 
 use crate::error::{Result, RuntimeError};
 
-/// Largest width or height of an image file we decode (a 20000x20000 header is refused before any
-/// pixel buffer is allocated).
-pub const MAX_IMAGE_SIDE: u32 = 12_000;
-/// Largest total allocation the decoder may make for one image, in bytes.
-pub const MAX_IMAGE_ALLOC: u64 = 512 * 1024 * 1024;
+pub use sc_data::images::{MAX_IMAGE_ALLOC, MAX_IMAGE_SIDE};
 
 /// How a caller describes the input of a foreign model (one without our `sc.*` metadata).
 ///
@@ -58,6 +54,8 @@ pub struct InputDescription {
     /// Mean/std the runtime applies (all 0 / 1 for our models, whose graph normalizes itself).
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
+    /// How an image of another size is fitted (`sc.preprocess`; stretch when absent).
+    pub resize: sc_data::Resize,
 }
 
 /// Per-channel affine map byte -> input value, resolved once at load.
@@ -99,8 +97,11 @@ impl Transform {
         }
     }
 
-    /// Converts colour (gray for 1 channel, RGB for 3; alpha is dropped), resizes to the input size
-    /// (bilinear, aspect ratio not kept) and scales into `out`. Errors are plain problem texts.
+    /// Converts colour (gray for 1 channel, RGB for 3; alpha is dropped), fits the image to the
+    /// input size and scales into `out`. Fitting: stretched (bilinear, aspect ratio not kept), or,
+    /// for models trained on image folders (`sc.preprocess`), the shorter side resized and the
+    /// centre square cut out exactly as the trainer did ([`sc_data::images::fit_square`]).
+    /// Errors are plain problem texts.
     pub fn image(&self, img: &DynamicImage, out: &mut [f32]) -> Result<(), String> {
         let (w, h) = (self.desc.width as u32, self.desc.height as u32);
         if img.width() == 0 || img.height() == 0 {
@@ -113,6 +114,9 @@ impl Transform {
         let resized;
         let img = if (img.width(), img.height()) == (w, h) {
             img
+        } else if self.desc.resize == sc_data::Resize::ShorterSideCenterCrop && w == h {
+            resized = DynamicImage::ImageRgb8(sc_data::images::fit_square(img, w)?);
+            &resized
         } else {
             resized = img.resize_exact(w, h, FilterType::Triangle);
             &resized
@@ -188,17 +192,11 @@ pub fn decode_image(bytes: &[u8], name: &str) -> Result<DynamicImage> {
     })
 }
 
+/// sc-data's decoder (size limits, panics caught) with the runtime's panic hook kept quiet.
 fn decode_limited<R: std::io::BufRead + std::io::Seek>(
-    mut reader: ImageReader<R>,
+    reader: ImageReader<R>,
 ) -> Result<DynamicImage, String> {
-    if reader.format().is_none() {
-        return Err("not a recognised image format (PNG, JPEG, BMP, GIF, TIFF, WebP)".into());
-    }
-    let mut limits = Limits::default();
-    limits.max_image_width = Some(MAX_IMAGE_SIDE);
-    limits.max_image_height = Some(MAX_IMAGE_SIDE);
-    limits.max_alloc = Some(MAX_IMAGE_ALLOC);
-    reader.limits(limits);
-    crate::guard::catching("the image decoder", || reader.decode())?
-        .map_err(|e| format!("cannot decode image: {e}"))
+    crate::guard::catching("the image decoder", || {
+        sc_data::images::decode_reader(reader)
+    })?
 }

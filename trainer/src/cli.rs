@@ -353,10 +353,19 @@ pub struct CommonArgs {
     #[arg(long)]
     pub model: Option<String>,
     /// Training data: an official archive as downloaded (cifar-10-binary.tar.gz,
-    /// cifar-100-binary.tar.gz), the directory it unpacks to or one holding it, or a directory of
-    /// (Fashion-)MNIST IDX files, .gz or not (e.g. /usr/share/datasets/fashion-mnist).
+    /// cifar-100-binary.tar.gz), the directory it unpacks to or one holding it, a directory of
+    /// (Fashion-)MNIST IDX files, .gz or not (e.g. /usr/share/datasets/fashion-mnist), or a folder
+    /// of images: DIR/<class>/* or DIR/train/<class>/* with DIR/val/<class>/* (JPEG, PNG, WebP,
+    /// BMP; decoded once into DIR/.sc-cache).
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// Image folders: the side every image is fitted to (shorter side resized, centre square cut
+    /// out; training adds random crops and flips) [default: 32].
+    #[arg(long, value_name = "PIXELS")]
+    pub image_size: Option<u32>,
+    /// Image folders: go on without files that are not images or do not decode (they are listed).
+    #[arg(long)]
+    pub skip_bad_images: bool,
     /// Train on a seeded, class-balanced subset of N images (the paper: 10000…40000) [default: all].
     #[arg(long, value_name = "N")]
     pub train_size: Option<usize>,
@@ -565,6 +574,12 @@ impl CommonArgs {
         }
         if let Some(v) = self.val_split {
             c.data.val_split = v;
+        }
+        if self.image_size.is_some() {
+            c.data.image_size = self.image_size;
+        }
+        if self.skip_bad_images {
+            c.data.skip_bad_images = true;
         }
         if let Some(b) = self.batch_size {
             c.batch_size = b;

@@ -17,6 +17,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use sc_data::dataset::{Dataset, Split};
+use sc_data::folder;
 use sc_models::Normalization;
 
 /// Data settings.
@@ -53,6 +54,14 @@ pub struct DataConfig {
     /// Random horizontal flip.
     #[serde(default = "data_defaults::flip")]
     pub flip: bool,
+    /// Image folders only: the side every image is fitted to (shorter side resized, centre
+    /// square cut out; default 32). Left out of a serialized config when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<u32>,
+    /// Image folders only: go on without files that are not images or do not decode (they are
+    /// listed). Left out of a serialized config when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_bad_images: bool,
 }
 
 impl Default for DataConfig {
@@ -68,6 +77,8 @@ impl Default for DataConfig {
             crop: true,
             pad: 4,
             flip: true,
+            image_size: None,
+            skip_bad_images: false,
         }
     }
 }
@@ -81,6 +92,7 @@ field_defaults!(data_defaults for DataConfig {
     pad: usize,
     flip: bool,
 });
+// image_size and skip_bad_images default to None / false (plain serde defaults).
 
 /// How the validation images are chosen ([`DataConfig::val_split`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,10 +141,127 @@ pub struct Splits {
 }
 
 impl DataConfig {
-    /// Reads the training set and splits it; the message names the file on failure.
+    /// Reads the training set and splits it; the message names the file on failure. An image
+    /// folder with a `val/` folder is validated on it; otherwise `val_size` images are held out.
     pub fn load(&self) -> anyhow::Result<Splits> {
+        if folder::is_image_folder(&self.path) {
+            return self.load_folder();
+        }
+        self.refuse_folder_options()?;
         let all = Dataset::open(&self.path, Split::Train)?;
         self.split(all)
+    }
+
+    /// True when the data is a folder of images (which exports `sc.preprocess`).
+    pub fn is_image_folder(&self) -> bool {
+        folder::is_image_folder(&self.path)
+    }
+
+    /// The test split, for `test_eval`: a folder's `test/` (never its training or validation
+    /// images), else the data set's own test split.
+    pub fn load_test(&self) -> anyhow::Result<Dataset> {
+        if folder::is_image_folder(&self.path) {
+            let layout = folder::layout(&self.path)?;
+            if layout.test.is_none() {
+                anyhow::bail!(
+                    "{}: no test/ folder to evaluate on (test_eval needs DIR/test/<class>/...)",
+                    self.path.display()
+                );
+            }
+            return self.open_folder(folder::Part::Test);
+        }
+        Ok(Dataset::open(&self.path, Split::Test)?)
+    }
+
+    fn refuse_folder_options(&self) -> anyhow::Result<()> {
+        if self.image_size.is_some() || self.skip_bad_images {
+            anyhow::bail!(
+                "{}: --image-size and --skip-bad-images are for folders of images (DIR/<class>/*), and this is not one",
+                self.path.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Reads one part of an image folder, decoding it once into the cache (with a progress bar
+    /// on a terminal) and saying what it skipped.
+    pub fn open_folder(&self, part: folder::Part) -> anyhow::Result<Dataset> {
+        let opts = folder::FolderOptions {
+            image_size: self.image_size.unwrap_or(32),
+            skip_bad_images: self.skip_bad_images,
+            ..folder::FolderOptions::default()
+        };
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "decoding {pos}/{len} images [{bar:30}] {per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        let (ds, load) = folder::open_folder(&self.path, part, &opts, &|done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        })?;
+        bar.finish_and_clear();
+        if let Some(note) = &load.cache_note {
+            eprintln!("note: {note}");
+        }
+        if !load.skipped.is_empty() {
+            eprintln!(
+                "skipped {} files that are not images or do not decode (--skip-bad-images):",
+                load.skipped.len()
+            );
+            for (p, why) in load.skipped.iter().take(20) {
+                eprintln!("  {}: {why}", p.display());
+            }
+            if load.skipped.len() > 20 {
+                eprintln!("  ... and {} more", load.skipped.len() - 20);
+            }
+        }
+        eprintln!(
+            "{}: {} images of {} classes, {}x{}, {} in {:.1} s ({})",
+            ds.source,
+            ds.len(),
+            ds.num_classes(),
+            ds.width,
+            ds.height,
+            if load.from_cache {
+                "read from the cache"
+            } else {
+                "decoded"
+            },
+            load.seconds,
+            load.cache.display()
+        );
+        Ok(ds)
+    }
+
+    fn load_folder(&self) -> anyhow::Result<Splits> {
+        let all = self.open_folder(folder::Part::Train)?;
+        if folder::layout(&self.path)?.val.is_none() {
+            return self.split(all);
+        }
+        let val = self.open_folder(folder::Part::Val)?;
+        let train = match self.train_size {
+            None => all,
+            Some(0) => anyhow::bail!("train_size must be at least 1"),
+            Some(k) if k > all.len() => anyhow::bail!(
+                "{}: train_size {k} is more than its {} training images",
+                all.source,
+                all.len()
+            ),
+            Some(k) => {
+                let mut pool: Vec<usize> = (0..all.len()).collect();
+                pool.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(self.split_seed, 1, 0)));
+                all.subset(&balanced_subset(&all, &pool, k))
+            }
+        };
+        let normalization = channel_stats(&train);
+        Ok(Splits {
+            train: Arc::new(train),
+            val,
+            normalization,
+        })
     }
 
     pub fn split(&self, all: Dataset) -> anyhow::Result<Splits> {
@@ -406,6 +535,7 @@ mod tests {
             crop: true,
             pad: 2,
             flip: true,
+            ..DataConfig::default()
         }
     }
 

@@ -45,6 +45,9 @@ pub fn write_onnx(
     if let Some(a) = val_acc {
         extra.push((keys::VAL_ACCURACY.to_string(), format_val_accuracy(a)));
     }
+    if let Some(p) = &info.preprocess {
+        extra.push((keys::PREPROCESS.to_string(), serde_json::to_string(p)?));
+    }
     let opts = ExportOptions {
         normalization: info.normalization.clone(),
         class_names: info.class_names.clone(),

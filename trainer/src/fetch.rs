@@ -108,7 +108,7 @@ impl Known {
             Known::Mnist => "mnist",
             Known::FashionMnist => "fashion-mnist",
         };
-        Path::new("data").join(name)
+        sc_data::named::default_dir(name)
     }
 }
 

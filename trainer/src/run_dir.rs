@@ -33,6 +33,9 @@ pub struct RunInfo {
     pub train_images: usize,
     pub val_images: usize,
     pub iterations: usize,
+    /// How the training images were fitted to the input (image folders), for `sc.preprocess`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preprocess: Option<sc_data::Preprocess>,
 }
 
 /// How a run ended.

@@ -12,7 +12,6 @@ use candle_core::{DType, Device, ModuleT, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use serde_json::json;
 
-use sc_data::dataset::Dataset;
 use sc_models::{ArchConfig, ResNet};
 
 use crate::checkpoint::{self, TrainState};
@@ -241,6 +240,9 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
         train_images: train.len(),
         val_images: val.len(),
         iterations: total,
+        preprocess: cfg.data.is_image_folder().then_some(sc_data::Preprocess {
+            resize: sc_data::Resize::ShorterSideCenterCrop,
+        }),
     };
     // The resolved config and the run facts go to disk before the first step.
     write_json(&run_dir.join(run_dir::CONFIG), &cfg)?;
@@ -473,7 +475,9 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
 
     let mut test_acc = None;
     if outcome == Outcome::Finished && cfg.test_eval {
-        let test = Dataset::open(&cfg.data.path, sc_data::dataset::Split::Test)
+        let test = cfg
+            .data
+            .load_test()
             .context("test_eval: cannot read the test split")?;
         let tx = normalize_all(&test, &splits.normalization);
         let ty: Vec<u32> = test.labels.iter().map(|&l| l as u32).collect();

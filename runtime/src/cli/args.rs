@@ -20,12 +20,18 @@ pub enum Command {
         model: PathBuf,
         /// The test set: an official archive as downloaded (cifar-10-binary.tar.gz,
         /// cifar-100-binary.tar.gz; read without unpacking), a CIFAR-10/100 binary test batch
-        /// (e.g. test_batch.bin), an IDX images file (t10k-images-idx3-ubyte[.gz]), or a
-        /// directory holding any of these or the directory an archive unpacks to.
+        /// (e.g. test_batch.bin), an IDX images file (t10k-images-idx3-ubyte[.gz]), a directory
+        /// holding any of these or the directory an archive unpacks to, a short name for a fetched
+        /// set (cifar-test, cifar100-test, mnist-test, fashion-mnist-test: under data/ or
+        /// SC_DATA_DIR), or a folder of images (DIR/test/<class>/*, else DIR/val/<class>/*, else
+        /// DIR/<class>/*), fitted as the trainer fitted them, class names matched to the model's.
         data: PathBuf,
         /// Evaluate only the first N images [default: all].
         #[arg(long, value_name = "N")]
         limit: Option<usize>,
+        /// Image folders: go on without files that are not images or do not decode.
+        #[arg(long)]
+        skip_bad_images: bool,
         /// Print one JSON object instead of text (and no progress bar).
         #[arg(long)]
         json: bool,

@@ -14,7 +14,7 @@ pub use args::Cli;
 use args::{Command, PreArgs, RunArgs};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sc_runtime::bench::{self, BenchOptions};
-use sc_runtime::{Classifier, Dataset, ModelInfo, Preprocessing, Split};
+use sc_runtime::{Classifier, ModelInfo, Preprocessing};
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
@@ -34,13 +34,15 @@ pub fn run(cli: Cli) -> Result<()> {
             data,
             limit,
             json,
+            skip_bad_images,
             run,
             pre,
         } => {
             let pre = preprocessing(&pre)?;
             check_run(&run)?;
             let clf = load(&model, pre, &run, false)?;
-            let mut dataset = Dataset::open(&data, Split::Test)
+            let mut dataset = clf
+                .open_test_set(&data, skip_bad_images)
                 .with_context(|| format!("reading the test set {}", data.display()))?;
             if let Some(n) = limit {
                 if n == 0 {
