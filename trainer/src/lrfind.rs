@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
@@ -204,24 +203,18 @@ pub fn suggest(curve: &[CurvePoint], acc: &[AccPoint], chance: f64) -> LrFindRep
 
 /// Reads a run's metrics into the loss curve and the accuracy points.
 pub fn read_curve(run_dir: &Path) -> anyhow::Result<(Vec<CurvePoint>, Vec<AccPoint>)> {
-    let p = run_dir.join(crate::run_dir::METRICS);
-    let text =
-        std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
     let (mut iters, mut lrs, mut losses, mut acc) = (vec![], vec![], vec![], vec![]);
-    for line in text.lines() {
-        let v: serde_json::Value =
-            serde_json::from_str(line).with_context(|| format!("{}: bad line", p.display()))?;
-        let iter = v["iter"].as_u64().unwrap_or(0) as usize;
-        let lr = v["lr"].as_f64().unwrap_or(f64::NAN);
-        if let Some(a) = v.get("val_acc").and_then(|a| a.as_f64()) {
+    for row in crate::run_dir::read_metrics(run_dir)? {
+        let lr = row.lr.unwrap_or(f64::NAN);
+        if let Some(a) = row.val_acc {
             acc.push(AccPoint {
-                iter,
+                iter: row.iter,
                 lr,
                 val_acc: a,
             });
-        } else if let Some(l) = v.get("loss").and_then(|l| l.as_f64()) {
-            if v.get("diverged").is_none() {
-                iters.push(iter);
+        } else if let Some(l) = row.loss {
+            if !row.is_divergence() {
+                iters.push(row.iter);
                 lrs.push(lr);
                 losses.push(l);
             }

@@ -10,7 +10,6 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use candle_core::{DType, Device, ModuleT, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use serde_json::json;
 
 use sc_models::{ArchConfig, ResNet};
 
@@ -19,7 +18,7 @@ use crate::config::TrainConfig;
 use crate::data::{normalize_all, BatchMaker, Loader};
 use crate::io::{write_atomic, write_json};
 use crate::optim::Sgd;
-use crate::run_dir::{self, Outcome, RunInfo, Summary};
+use crate::run_dir::{self, append_metrics, MetricsRow, Outcome, RunInfo, Summary};
 
 /// Loop options that differ between commands.
 #[derive(Debug, Clone)]
@@ -145,38 +144,6 @@ fn count_correct(logits: &Tensor, labels: &Tensor) -> candle_core::Result<usize>
         .map(|v| v as usize)
 }
 
-fn append_metrics(
-    file: &mut std::io::BufWriter<std::fs::File>,
-    v: serde_json::Value,
-) -> anyhow::Result<()> {
-    serde_json::to_writer(&mut *file, &v)?;
-    file.write_all(b"\n")?;
-    Ok(())
-}
-
-/// Keeps only the metric records up to `iteration` (the checkpoint a resumed run starts from).
-fn truncate_metrics(path: &Path, iteration: usize) -> anyhow::Result<()> {
-    if !path.exists() {
-        return Ok(());
-    }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut kept = String::new();
-    for line in text.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue; // a torn last line from a crash
-        };
-        if v.get("iter")
-            .and_then(|i| i.as_u64())
-            .is_some_and(|i| i as usize <= iteration)
-        {
-            kept.push_str(line);
-            kept.push('\n');
-        }
-    }
-    write_atomic(path, kept.as_bytes())
-}
-
 fn is_eval_point(done: usize, total: usize, every: usize) -> bool {
     done == total || (every > 0 && done % every == 0)
 }
@@ -267,7 +234,7 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
     }
     let metrics_path = run_dir.join(run_dir::METRICS);
     if opts.resume {
-        truncate_metrics(&metrics_path, state.iteration)?;
+        run_dir::truncate_metrics(run_dir, state.iteration)?;
     } else {
         write_atomic(&metrics_path, b"")?;
     }
@@ -362,7 +329,7 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
             );
             append_metrics(
                 &mut metrics,
-                json!({"iter": it + 1, "lr": point.lr, "loss": loss, "diverged": true}),
+                &MetricsRow::divergence(it + 1, point.lr, loss),
             )?;
             message = Some(m);
             break;
@@ -381,7 +348,7 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
                 ));
                 append_metrics(
                     &mut metrics,
-                    json!({"iter": it + 1, "lr": point.lr, "loss": loss, "diverged": true}),
+                    &MetricsRow::divergence(it + 1, point.lr, loss),
                 )?;
                 break;
             }
@@ -400,14 +367,14 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
         let done = state.iteration;
         append_metrics(
             &mut metrics,
-            json!({
-                "iter": done,
-                "lr": point.lr,
-                "momentum": sgd.momentum(point.momentum),
-                "loss": loss,
-                "train_acc": correct as f64 / b as f64,
-                "images_per_s": inst,
-            }),
+            &MetricsRow::step(
+                done,
+                point.lr,
+                sgd.momentum(point.momentum),
+                loss,
+                correct as f64 / b as f64,
+                inst,
+            ),
         )?;
         if is_eval_point(done, total, eval_every) && !val_y.is_empty() {
             let (vl, va) = net.evaluate(&val_x, &val_y, shape, cfg.eval_batch_size)?;
@@ -418,7 +385,7 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
             }
             append_metrics(
                 &mut metrics,
-                json!({"iter": done, "lr": point.lr, "val_loss": vl, "val_acc": va}),
+                &MetricsRow::validation(done, point.lr, vl, va),
             )?;
             if !vl.is_finite() && !opts.divergence_is_end {
                 outcome = Outcome::Diverged;
@@ -483,10 +450,7 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
         let ty: Vec<u32> = test.labels.iter().map(|&l| l as u32).collect();
         let (_, acc) = net.evaluate(&tx, &ty, shape, cfg.eval_batch_size)?;
         test_acc = Some(acc);
-        append_metrics(
-            &mut metrics,
-            json!({"iter": state.iteration, "test_acc": acc}),
-        )?;
+        append_metrics(&mut metrics, &MetricsRow::test(state.iteration, acc))?;
         metrics.flush()?;
     }
     let summary = Summary {

@@ -89,25 +89,16 @@ struct RunResult {
 }
 
 fn read_run(dir: &Path) -> anyhow::Result<RunResult> {
-    let text = std::fs::read_to_string(dir.join(crate::run_dir::METRICS)).with_context(|| {
-        format!(
-            "cannot read {}",
-            dir.join(crate::run_dir::METRICS).display()
-        )
-    })?;
     let (mut curve, mut lr) = (vec![], vec![]);
     let mut diverged = false;
-    for line in text.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        let it = v["iter"].as_f64().unwrap_or(0.0);
-        if let Some(a) = v.get("val_acc").and_then(|a| a.as_f64()) {
+    for row in crate::run_dir::read_metrics_lossy(dir)? {
+        let it = row.iter as f64;
+        if let Some(a) = row.val_acc {
             curve.push((it, a));
-        } else if let Some(l) = v.get("lr").and_then(|l| l.as_f64()) {
+        } else if let Some(l) = row.lr {
             lr.push((it, l));
         }
-        diverged |= v.get("diverged").is_some();
+        diverged |= row.is_divergence();
     }
     Ok(RunResult {
         final_acc: if diverged {
