@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use candle_core::{DType, Device, ModuleT, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 
-use sc_models::{ArchConfig, ResNet};
+use sc_models::{ArchConfig, Normalization, ResNet};
 
 use crate::checkpoint::{self, TrainState};
 use crate::config::TrainConfig;
@@ -144,10 +144,6 @@ fn count_correct(logits: &Tensor, labels: &Tensor) -> candle_core::Result<usize>
         .map(|v| v as usize)
 }
 
-fn is_eval_point(done: usize, total: usize, every: usize) -> bool {
-    done == total || (every > 0 && done % every == 0)
-}
-
 /// This thread's autocast type for a scope (reset when dropped, also on errors).
 struct Autocast(Option<candle_core::DType>);
 
@@ -174,14 +170,9 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
     let device = crate::device::open(&cfg.device)?;
     // Convolutions and matmuls of this thread (training and validation) in cfg.precision.
     let _autocast = Autocast::set(cfg.precision.autocast());
-    let has_ckpt = run_dir.join(checkpoint::CHECKPOINT).exists()
-        || run_dir.join(checkpoint::PREVIOUS).exists();
-    if has_ckpt && !opts.resume {
-        bail!(
-            "{} already holds a run: resume it with --resume {0}, or choose another --name",
-            run_dir.display()
-        );
-    }
+    refuse_to_overwrite(run_dir, opts.resume)?;
+
+    // The data, the model it needs, and the run facts, on disk before the first step.
     let splits = cfg.data.load()?;
     // The length is resolved and the schedule checked for it here; the rest was checked above.
     let total = cfg.resolve_length(splits.train.len())?;
@@ -211,40 +202,20 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
             resize: sc_data::Resize::ShorterSideCenterCrop,
         }),
     };
-    // The resolved config and the run facts go to disk before the first step.
     write_json(&run_dir.join(run_dir::CONFIG), &cfg)?;
     write_json(&run_dir.join(run_dir::RUN_INFO), &info)?;
 
+    // The model and optimizer, from the checkpoint when resuming; the metrics cut back to it.
     let net = Net::new(&arch, cfg.seed, &device)?;
     let vars = net.vars();
     let mut sgd = Sgd::new(cfg.optimizer.clone(), &vars, net.model.params())?;
     let mut state = TrainState::default();
     if opts.resume {
-        match checkpoint::load(run_dir, &device)? {
-            Some(l) => {
-                checkpoint::restore(&vars, &l.weights, &l.file)?;
-                sgd.load_state(&l.optimizer)?;
-                state = l.state;
-            }
-            None => eprintln!(
-                "note: {} holds no checkpoint yet; starting from iteration 0",
-                run_dir.display()
-            ),
-        }
+        state = resume_from_checkpoint(run_dir, &device, &vars, &mut sgd)?;
     }
-    let metrics_path = run_dir.join(run_dir::METRICS);
-    if opts.resume {
-        run_dir::truncate_metrics(run_dir, state.iteration)?;
-    } else {
-        write_atomic(&metrics_path, b"")?;
-    }
-    let mut metrics = std::io::BufWriter::new(
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&metrics_path)
-            .with_context(|| format!("cannot open {}", metrics_path.display()))?,
-    );
+    let mut metrics = MetricsFile::open(run_dir, opts.resume.then_some(state.iteration))?;
 
+    // The batches, and when to validate and checkpoint.
     let maker = BatchMaker {
         train: train.clone(),
         norm: splits.normalization.clone(),
@@ -255,16 +226,7 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
         flip: cfg.data.flip,
     };
     let per_epoch = maker.batches_per_epoch();
-    let eval_every = if cfg.eval_every == 0 {
-        per_epoch
-    } else {
-        cfg.eval_every
-    };
-    let ckpt_every = if cfg.checkpoint_every == 0 {
-        eval_every
-    } else {
-        cfg.checkpoint_every
-    };
+    let cadence = Cadence::new(&cfg, per_epoch, total);
     let shape = (train.channels, train.height, train.width);
     let val_x = normalize_all(&val, &splits.normalization);
     let val_y: Vec<u32> = val.labels.iter().map(|&l| l as u32).collect();
@@ -294,17 +256,17 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
     );
 
     let interrupted = interrupt_flag();
-    let bar = progress_bar(opts.progress, total, state.iteration);
+    let log = Log::new(opts.progress, total, state.iteration);
     let mut loader = Loader::spawn(maker, state.iteration, total);
-    let session_start = Instant::now();
-    let elapsed_before = state.elapsed_s;
-    let mut ips = 0f64;
+    let clock = Clock::start(state.elapsed_s);
+    let start_iter = state.iteration;
+    let mut throughput = Throughput::default();
+    let mut guard = DivergenceGuard::new(opts, start_iter);
     let mut outcome = Outcome::Finished;
     let mut message = None;
-    let start_iter = state.iteration;
-    let (mut ema, mut ema_min) = (0f64, f64::INFINITY);
 
     while state.iteration < total {
+        // One step: forward, the divergence guard, backward, the update.
         let it = state.iteration;
         let batch = loader
             .next()
@@ -318,110 +280,44 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
         let logits = net.model.forward_t(&x, true)?;
         let loss_t = candle_nn::loss::cross_entropy(&logits, &y)?;
         let loss = loss_t.to_scalar::<f32>()? as f64;
-        if !loss.is_finite() {
-            outcome = Outcome::Diverged;
-            let m = format!(
-                "training diverged at iteration {} (learning rate {:.4}): the loss is {loss}. \
-                 Lower the maximum learning rate (run `sc-trainer lr-find` to see where it falls apart){}",
-                it + 1,
-                point.lr,
-                if state.iteration > 0 { "; the last good checkpoint is kept" } else { "" }
-            );
-            append_metrics(
-                &mut metrics,
-                &MetricsRow::divergence(it + 1, point.lr, loss),
-            )?;
-            message = Some(m);
+        if let Some(m) = guard.check_loss(it, point.lr, loss) {
+            metrics.append(&MetricsRow::divergence(it + 1, point.lr, loss))?;
+            (outcome, message) = (Outcome::Diverged, Some(m));
             break;
-        }
-        if let Some(factor) = opts.divergence_factor {
-            // Bias-corrected exponential moving average of the loss (beta 0.98, as fast.ai).
-            ema = 0.98 * ema + 0.02 * loss;
-            let smoothed = ema / (1.0 - 0.98f64.powi((it - start_iter + 1) as i32));
-            ema_min = ema_min.min(smoothed);
-            if it > start_iter + 10 && smoothed > factor * ema_min {
-                outcome = Outcome::Diverged;
-                message = Some(format!(
-                    "the smoothed loss {smoothed:.3} exceeded {factor} x its minimum {ema_min:.3} at iteration {} (learning rate {:.4})",
-                    it + 1,
-                    point.lr
-                ));
-                append_metrics(
-                    &mut metrics,
-                    &MetricsRow::divergence(it + 1, point.lr, loss),
-                )?;
-                break;
-            }
         }
         let correct = count_correct(&logits, &y)?;
         let grads = loss_t.backward()?;
         sgd.step(&grads, point.lr, point.momentum)?;
-        let dt = t0.elapsed().as_secs_f64();
-        let inst = b as f64 / dt.max(1e-9);
-        ips = if it == start_iter {
-            inst
-        } else {
-            0.9 * ips + 0.1 * inst
-        };
+        let inst = throughput.record(b, t0.elapsed(), it == start_iter);
         state.iteration = it + 1;
         let done = state.iteration;
-        append_metrics(
-            &mut metrics,
-            &MetricsRow::step(
-                done,
-                point.lr,
-                sgd.momentum(point.momentum),
-                loss,
-                correct as f64 / b as f64,
-                inst,
-            ),
-        )?;
-        if is_eval_point(done, total, eval_every) && !val_y.is_empty() {
+        metrics.append(&MetricsRow::step(
+            done,
+            point.lr,
+            sgd.momentum(point.momentum),
+            loss,
+            correct as f64 / b as f64,
+            inst,
+        ))?;
+
+        // Validation, when due.
+        if cadence.validates(done) && !val_y.is_empty() {
             let (vl, va) = net.evaluate(&val_x, &val_y, shape, cfg.eval_batch_size)?;
-            state.last_val_loss = Some(vl);
-            state.last_val_acc = Some(va);
-            if state.best_val_acc.is_none_or(|b| va > b) {
-                state.best_val_acc = Some(va);
-            }
-            append_metrics(
-                &mut metrics,
-                &MetricsRow::validation(done, point.lr, vl, va),
-            )?;
-            if !vl.is_finite() && !opts.divergence_is_end {
-                outcome = Outcome::Diverged;
-                message = Some(format!(
-                    "training diverged at iteration {done} (learning rate {:.4}): the validation loss is {vl}. \
-                     Lower the maximum learning rate (see `sc-trainer lr-find`)",
-                    point.lr
-                ));
+            record_validation(&mut state, vl, va);
+            metrics.append(&MetricsRow::validation(done, point.lr, vl, va))?;
+            if let Some(m) = guard.check_val_loss(done, point.lr, vl) {
+                (outcome, message) = (Outcome::Diverged, Some(m));
                 break;
             }
-            let line = format!(
-                "iter {done}/{total}  lr {:.4}  loss {loss:.4}  val_loss {vl:.4}  val_acc {:.2}%  {ips:.0} img/s",
-                point.lr,
-                va * 100.0
-            );
-            if bar.is_hidden() {
-                if opts.progress {
-                    eprintln!("{line}");
-                }
-            } else {
-                bar.println(line);
-            }
+            log.validation(done, total, point.lr, loss, vl, va, throughput.ips);
         }
-        bar.set_position(done as u64);
-        bar.set_message(format!(
-            "lr {:.4} loss {loss:.3} val {} {ips:.0} img/s",
-            point.lr,
-            state
-                .last_val_acc
-                .map(|a| format!("{:.1}%", a * 100.0))
-                .unwrap_or_else(|| "-".into())
-        ));
+        log.step(done, point.lr, loss, throughput.ips, state.last_val_acc);
+
+        // A checkpoint, when due or when stopping.
         let signalled = interrupted.load(Ordering::SeqCst);
         let stop = signalled || opts.stop_after.is_some_and(|s| done >= s && done < total);
-        if done == total || done % ckpt_every == 0 || stop {
-            state.elapsed_s = elapsed_before + session_start.elapsed().as_secs_f64();
+        if cadence.checkpoints(done) || stop {
+            state.elapsed_s = clock.elapsed_s();
             metrics.flush()?;
             checkpoint::save(run_dir, &vars, sgd.state(), &state)?;
         }
@@ -436,21 +332,16 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
         }
     }
     drop(loader);
-    bar.finish_and_clear();
+    log.finish();
     metrics.flush()?;
-    state.elapsed_s = elapsed_before + session_start.elapsed().as_secs_f64();
+    state.elapsed_s = clock.elapsed_s();
 
+    // The ending: the test split, the summary, the export.
     let mut test_acc = None;
     if outcome == Outcome::Finished && cfg.test_eval {
-        let test = cfg
-            .data
-            .load_test()
-            .context("test_eval: cannot read the test split")?;
-        let tx = normalize_all(&test, &splits.normalization);
-        let ty: Vec<u32> = test.labels.iter().map(|&l| l as u32).collect();
-        let (_, acc) = net.evaluate(&tx, &ty, shape, cfg.eval_batch_size)?;
+        let acc = test_accuracy(&cfg, &splits.normalization, &net, shape)?;
         test_acc = Some(acc);
-        append_metrics(&mut metrics, &MetricsRow::test(state.iteration, acc))?;
+        metrics.append(&MetricsRow::test(state.iteration, acc))?;
         metrics.flush()?;
     }
     let summary = Summary {
@@ -461,7 +352,7 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
         best_val_acc: state.best_val_acc,
         test_acc,
         train_seconds: state.elapsed_s,
-        images_per_second: ips,
+        images_per_second: throughput.ips,
         parameters: arch.parameter_count(),
         message: message.clone(),
     };
@@ -480,6 +371,289 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
         eprintln!("{m}");
     }
     Ok(summary)
+}
+
+/// A run directory with a checkpoint is only continued, never overwritten.
+fn refuse_to_overwrite(run_dir: &Path, resume: bool) -> anyhow::Result<()> {
+    let has_ckpt = run_dir.join(checkpoint::CHECKPOINT).exists()
+        || run_dir.join(checkpoint::PREVIOUS).exists();
+    if has_ckpt && !resume {
+        bail!(
+            "{} already holds a run: resume it with --resume {0}, or choose another --name",
+            run_dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Loads the weights and the optimizer state of the run directory's checkpoint and returns the
+/// loop state it holds (iteration 0 when there is none yet).
+fn resume_from_checkpoint(
+    run_dir: &Path,
+    device: &Device,
+    vars: &HashMap<String, Var>,
+    sgd: &mut Sgd,
+) -> anyhow::Result<TrainState> {
+    match checkpoint::load(run_dir, device)? {
+        Some(l) => {
+            checkpoint::restore(vars, &l.weights, &l.file)?;
+            sgd.load_state(&l.optimizer)?;
+            Ok(l.state)
+        }
+        None => {
+            eprintln!(
+                "note: {} holds no checkpoint yet; starting from iteration 0",
+                run_dir.display()
+            );
+            Ok(TrainState::default())
+        }
+    }
+}
+
+/// The run directory's [`run_dir::METRICS`], open for appending rows.
+struct MetricsFile(std::io::BufWriter<std::fs::File>);
+
+impl MetricsFile {
+    /// Empties the file for a fresh run, or keeps the rows up to `resume_from` (the checkpoint's
+    /// iteration) for a resumed one.
+    fn open(run_dir: &Path, resume_from: Option<usize>) -> anyhow::Result<MetricsFile> {
+        let path = run_dir.join(run_dir::METRICS);
+        match resume_from {
+            Some(iteration) => run_dir::truncate_metrics(run_dir, iteration)?,
+            None => write_atomic(&path, b"")?,
+        }
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        Ok(MetricsFile(std::io::BufWriter::new(file)))
+    }
+
+    fn append(&mut self, row: &MetricsRow) -> anyhow::Result<()> {
+        append_metrics(&mut self.0, row)
+    }
+
+    fn flush(&mut self) -> anyhow::Result<()> {
+        Ok(self.0.flush()?)
+    }
+}
+
+/// When the loop validates and checkpoints: every `eval_every` iterations (0: once per epoch) and
+/// every `checkpoint_every` (0: at each validation), and always after the last iteration.
+struct Cadence {
+    eval_every: usize,
+    ckpt_every: usize,
+    total: usize,
+}
+
+impl Cadence {
+    fn new(cfg: &TrainConfig, per_epoch: usize, total: usize) -> Cadence {
+        let eval_every = if cfg.eval_every == 0 {
+            per_epoch
+        } else {
+            cfg.eval_every
+        };
+        let ckpt_every = if cfg.checkpoint_every == 0 {
+            eval_every
+        } else {
+            cfg.checkpoint_every
+        };
+        Cadence {
+            eval_every,
+            ckpt_every,
+            total,
+        }
+    }
+
+    /// Whether to validate after `done` iterations.
+    fn validates(&self, done: usize) -> bool {
+        done == self.total || (self.eval_every > 0 && done.is_multiple_of(self.eval_every))
+    }
+
+    /// Whether to checkpoint after `done` iterations.
+    fn checkpoints(&self, done: usize) -> bool {
+        done == self.total || done.is_multiple_of(self.ckpt_every)
+    }
+}
+
+/// Ends the run when the loss is NaN/Inf, when the validation loss is (unless divergence is a
+/// normal end), and, with a divergence factor (the LR range test), when the smoothed training loss
+/// exceeds that multiple of its minimum. Each check returns the message the run ends with.
+struct DivergenceGuard {
+    factor: Option<f64>,
+    divergence_is_end: bool,
+    start_iter: usize,
+    /// Exponential moving average of the loss (not bias-corrected) and the minimum of the
+    /// corrected one.
+    ema: f64,
+    ema_min: f64,
+}
+
+impl DivergenceGuard {
+    fn new(opts: &FitOptions, start_iter: usize) -> DivergenceGuard {
+        DivergenceGuard {
+            factor: opts.divergence_factor,
+            divergence_is_end: opts.divergence_is_end,
+            start_iter,
+            ema: 0.0,
+            ema_min: f64::INFINITY,
+        }
+    }
+
+    /// The training loss of iteration `it` (0-based) at learning rate `lr`.
+    fn check_loss(&mut self, it: usize, lr: f64, loss: f64) -> Option<String> {
+        if !loss.is_finite() {
+            return Some(format!(
+                "training diverged at iteration {} (learning rate {lr:.4}): the loss is {loss}. \
+                 Lower the maximum learning rate (run `sc-trainer lr-find` to see where it falls apart){}",
+                it + 1,
+                if it > 0 { "; the last good checkpoint is kept" } else { "" }
+            ));
+        }
+        let factor = self.factor?;
+        // Bias-corrected exponential moving average of the loss (beta 0.98, as fast.ai).
+        self.ema = 0.98 * self.ema + 0.02 * loss;
+        let smoothed = self.ema / (1.0 - 0.98f64.powi((it - self.start_iter + 1) as i32));
+        self.ema_min = self.ema_min.min(smoothed);
+        if it > self.start_iter + 10 && smoothed > factor * self.ema_min {
+            return Some(format!(
+                "the smoothed loss {smoothed:.3} exceeded {factor} x its minimum {:.3} at iteration {} (learning rate {lr:.4})",
+                self.ema_min,
+                it + 1,
+            ));
+        }
+        None
+    }
+
+    /// The validation loss after `done` iterations at learning rate `lr`.
+    fn check_val_loss(&self, done: usize, lr: f64, val_loss: f64) -> Option<String> {
+        (!val_loss.is_finite() && !self.divergence_is_end).then(|| {
+            format!(
+                "training diverged at iteration {done} (learning rate {lr:.4}): the validation loss is {val_loss}. \
+                 Lower the maximum learning rate (see `sc-trainer lr-find`)"
+            )
+        })
+    }
+}
+
+/// Training throughput: the last step's images per second, and a moving average of it.
+#[derive(Default)]
+struct Throughput {
+    ips: f64,
+}
+
+impl Throughput {
+    /// Records a step of `images` that took `dt` (`first`: the session's first step, which starts
+    /// the average) and returns the step's own rate.
+    fn record(&mut self, images: usize, dt: std::time::Duration, first: bool) -> f64 {
+        let inst = images as f64 / dt.as_secs_f64().max(1e-9);
+        self.ips = if first {
+            inst
+        } else {
+            0.9 * self.ips + 0.1 * inst
+        };
+        inst
+    }
+}
+
+/// Training time over all sessions of a run.
+struct Clock {
+    session_start: Instant,
+    before: f64,
+}
+
+impl Clock {
+    /// `before`: seconds spent in earlier sessions (from the checkpoint).
+    fn start(before: f64) -> Clock {
+        Clock {
+            session_start: Instant::now(),
+            before,
+        }
+    }
+
+    fn elapsed_s(&self) -> f64 {
+        self.before + self.session_start.elapsed().as_secs_f64()
+    }
+}
+
+fn record_validation(state: &mut TrainState, val_loss: f64, val_acc: f64) {
+    state.last_val_loss = Some(val_loss);
+    state.last_val_acc = Some(val_acc);
+    if state.best_val_acc.is_none_or(|b| val_acc > b) {
+        state.best_val_acc = Some(val_acc);
+    }
+}
+
+/// Accuracy on the data set's test split.
+fn test_accuracy(
+    cfg: &TrainConfig,
+    norm: &Normalization,
+    net: &Net,
+    shape: (usize, usize, usize),
+) -> anyhow::Result<f64> {
+    let test = cfg
+        .data
+        .load_test()
+        .context("test_eval: cannot read the test split")?;
+    let tx = normalize_all(&test, norm);
+    let ty: Vec<u32> = test.labels.iter().map(|&l| l as u32).collect();
+    let (_, acc) = net.evaluate(&tx, &ty, shape, cfg.eval_batch_size)?;
+    Ok(acc)
+}
+
+/// What the loop tells the user: a progress bar on a terminal, or a line at each validation.
+struct Log {
+    progress: bool,
+    bar: indicatif::ProgressBar,
+}
+
+impl Log {
+    fn new(progress: bool, total: usize, pos: usize) -> Log {
+        Log {
+            progress,
+            bar: progress_bar(progress, total, pos),
+        }
+    }
+
+    /// A line after a validation: above the bar, or on stderr without one (unless quiet).
+    #[allow(clippy::too_many_arguments)]
+    fn validation(
+        &self,
+        done: usize,
+        total: usize,
+        lr: f64,
+        loss: f64,
+        val_loss: f64,
+        val_acc: f64,
+        ips: f64,
+    ) {
+        let line = format!(
+            "iter {done}/{total}  lr {lr:.4}  loss {loss:.4}  val_loss {val_loss:.4}  val_acc {:.2}%  {ips:.0} img/s",
+            val_acc * 100.0
+        );
+        if self.bar.is_hidden() {
+            if self.progress {
+                eprintln!("{line}");
+            }
+        } else {
+            self.bar.println(line);
+        }
+    }
+
+    /// The bar after each step.
+    fn step(&self, done: usize, lr: f64, loss: f64, ips: f64, last_val_acc: Option<f64>) {
+        self.bar.set_position(done as u64);
+        self.bar.set_message(format!(
+            "lr {lr:.4} loss {loss:.3} val {} {ips:.0} img/s",
+            last_val_acc
+                .map(|a| format!("{:.1}%", a * 100.0))
+                .unwrap_or_else(|| "-".into())
+        ));
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
 }
 
 fn progress_bar(enabled: bool, total: usize, pos: usize) -> indicatif::ProgressBar {
