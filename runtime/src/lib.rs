@@ -21,6 +21,10 @@
 pub mod bench;
 /// The dataset readers (`sc-data`), re-exported.
 pub use sc_data::dataset as data;
+/// Folders of images (`sc-data`), re-exported: layouts, the decoded cache.
+pub use sc_data::folder;
+/// Decoding and fitting one image as the trainer does (`sc-data`), re-exported.
+pub use sc_data::images as data_images;
 mod classifier;
 mod contract;
 mod engine;

@@ -2,7 +2,8 @@
 //! (the contract the exporter writes to and the runtime reads from); re-exported here.
 
 pub use sc_data::metadata::{
-    keys, InputSpec, MetadataError, ModelMetadata, Normalization, INPUT_NAME, OUTPUT_NAME, PREFIX,
+    keys, InputSpec, MetadataError, ModelMetadata, Normalization, Preprocess, Resize, INPUT_NAME,
+    OUTPUT_NAME, PREFIX,
 };
 
 impl From<MetadataError> for crate::RuntimeError {
