@@ -1,5 +1,5 @@
 //! A loaded model, kept private: tract's optimized plan per batch size actually used, shared by
-//! all threads, the executor choice (`executor.rs`: native graph or tract), and per-thread
+//! all threads, the [`Executor`] that runs it (`executor.rs`: native graph or tract), and per-thread
 //! sessions that reuse their state between runs.
 //!
 //! tract runs a plan on one thread, and a plan specialised to a fixed input shape is its fastest
@@ -14,7 +14,7 @@ use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
 use crate::error::{boxed, Result, RuntimeError};
-use crate::executor::{self, Choice, Preference};
+use crate::executor::{self, Executor, Preference};
 use crate::guard::catching;
 use crate::team::Team;
 
@@ -31,7 +31,7 @@ pub(crate) struct Engine {
     /// Number of logits per image, read from the first plan's output shape.
     classes: usize,
     /// Which executor runs the model, and why (the native graph when it compiled and agreed).
-    choice: Choice,
+    executor: Executor,
     /// Thread teams for one request's convolutions, by size.
     teams: Mutex<HashMap<usize, Arc<Team>>>,
 }
@@ -78,11 +78,7 @@ impl Engine {
             fixed_batch,
             plans: Mutex::new(HashMap::new()),
             classes: 0,
-            choice: Choice {
-                native: None,
-                use_native: false,
-                note: String::new(),
-            },
+            executor: Executor::tract(String::new()),
             teams: Mutex::new(HashMap::new()),
         };
         let batch = fixed_batch.unwrap_or(1);
@@ -102,7 +98,7 @@ impl Engine {
         };
         engine.plans.lock().unwrap().insert(batch, plan.clone());
         let preference = Preference::from_env().map_err(RuntimeError::InvalidArgument)?;
-        engine.choice = executor::choose(proto, &plan, chw, engine.classes, batch, preference);
+        engine.executor = executor::choose(proto, &plan, chw, engine.classes, batch, preference);
         Ok(engine)
     }
 
@@ -117,23 +113,23 @@ impl Engine {
 
     /// Leaves the model to tract.
     pub fn use_tract(&mut self) {
-        self.choice.prefer_tract();
+        self.executor.prefer_tract();
     }
 
     /// Runs the model on the native executor, if it compiled and agreed with tract; else the
     /// reason it cannot.
     pub fn use_native(&mut self) -> std::result::Result<(), String> {
-        self.choice.prefer_native()
+        self.executor.prefer_native()
     }
 
     /// Whether the native executor runs the model.
     pub fn is_native(&self) -> bool {
-        self.choice.running_native().is_some()
+        self.executor.native().is_some()
     }
 
     /// Which executor runs the model (`native ...` or `tract ...`) and why.
     pub fn note(&self) -> &str {
-        &self.choice.note
+        self.executor.reason()
     }
 
     pub fn classes(&self) -> usize {
@@ -206,7 +202,7 @@ impl<'a> Session<'a> {
     /// Runs `batch` images held in `input` (`batch * C * H * W` values) and returns
     /// `batch * classes` logits.
     pub fn run(&mut self, batch: usize, input: &[f32]) -> Result<Vec<f32>> {
-        if let Some(g) = self.engine.choice.running_native() {
+        if let Some(g) = self.engine.executor.native() {
             let bufs = &mut self.bufs;
             let team = self.team.as_deref();
             let run = || g.run(batch, input, bufs, team);

@@ -1,10 +1,11 @@
 //! The executor seam: which of the two executors runs a model, and why.
 //!
 //! Every model is planned by tract. A graph the native executor (`sc-kernels` convolutions)
-//! compiles is then checked against tract's plan on probe inputs, and, when it agrees, both are
-//! timed on the same input at load: the faster one runs, so the runtime never runs a model slower
-//! than tract would. The decision is made once per loaded model, single-threaded, at the batch
-//! size the correctness check used (the graph's fixed batch, else 1).
+//! compiles is then checked against tract's plan on probe inputs (`probe.rs`), and, when it
+//! agrees, both are timed on the same input at load: the faster one runs, so the runtime never
+//! runs a model slower than tract would. The decision ([`Executor`]) is made once per loaded
+//! model, single-threaded, at the batch size the correctness check used (the graph's fixed batch,
+//! else 1).
 //!
 //! `SC_RUNTIME_ENGINE=tract|native|auto` (read at load) forces one side or restores the timed
 //! choice; `native` still requires the correctness check to pass.
@@ -17,15 +18,11 @@ use tract_onnx::prelude::*;
 
 use crate::guard::catching;
 use crate::native::Graph;
-use crate::noise::unit_noise;
+use crate::probe;
 
 /// Environment variable that forces an executor.
 pub const ENGINE_ENV: &str = "SC_RUNTIME_ENGINE";
 
-/// Probe inputs the native executor must agree with tract on before it is used.
-const PROBES: usize = 2;
-/// Agreement needed: max |native - tract| <= this · max(1, max |tract|) over the probe logits.
-const PROBE_TOLERANCE: f32 = 1e-3;
 /// Timing: at least this many alternating rounds, more while under the time budget.
 const MIN_ROUNDS: usize = 2;
 const MAX_ROUNDS: usize = 7;
@@ -65,51 +62,74 @@ impl Preference {
     }
 }
 
-/// The outcome of choosing: the checked native graph (kept even when tract runs, so that
-/// [`Choice::prefer_native`] can switch to it), which one runs, and a note saying why.
-pub(crate) struct Choice {
-    pub native: Option<Graph>,
-    pub use_native: bool,
-    pub note: String,
+/// Which executor runs a loaded model, each with the reason (what `info` and the benchmark print).
+pub(crate) enum Executor {
+    /// The native graph runs: it compiled, agreed with tract on the probes, and timed faster
+    /// (or was asked for).
+    Native { graph: Graph, reason: String },
+    /// tract's plan runs. `standby` is the checked native graph when there is one (tract timed
+    /// faster, or was asked for), so that [`Executor::prefer_native`] can switch to it.
+    Tract {
+        standby: Option<Graph>,
+        reason: String,
+    },
 }
 
-impl Choice {
-    fn tract(note: String) -> Choice {
-        Choice {
-            native: None,
-            use_native: false,
-            note,
+impl Executor {
+    /// tract, with no native graph to switch to.
+    pub fn tract(reason: String) -> Executor {
+        Executor::Tract {
+            standby: None,
+            reason,
+        }
+    }
+
+    /// Which executor runs (`native ...` or `tract ...`) and why.
+    pub fn reason(&self) -> &str {
+        match self {
+            Executor::Native { reason, .. } | Executor::Tract { reason, .. } => reason,
         }
     }
 
     /// Runs tract from now on.
     pub fn prefer_tract(&mut self) {
-        if self.use_native || self.native.is_some() {
-            self.use_native = false;
-            self.note = "tract (asked for)".into();
+        if let Executor::Tract { standby: None, .. } = self {
+            return;
         }
+        let standby = match std::mem::replace(self, Executor::tract(String::new())) {
+            Executor::Native { graph, .. } => Some(graph),
+            Executor::Tract { standby, .. } => standby,
+        };
+        *self = Executor::Tract {
+            standby,
+            reason: "tract (asked for)".into(),
+        };
     }
 
     /// Runs the native graph from now on, if it compiled and agreed with tract; else says why not.
     pub fn prefer_native(&mut self) -> Result<(), String> {
-        match &self.native {
-            Some(_) => {
-                if !self.use_native {
-                    self.use_native = true;
-                    self.note = format!(
-                        "native (asked for; sc-kernels {} convolutions, checked against tract)",
-                        isa_name()
-                    );
-                }
-                Ok(())
-            }
-            None => Err(self.note.clone()),
-        }
+        let Executor::Tract { standby, reason } = self else {
+            return Ok(());
+        };
+        let Some(graph) = standby.take() else {
+            return Err(reason.clone());
+        };
+        *self = Executor::Native {
+            graph,
+            reason: format!(
+                "native (asked for; sc-kernels {} convolutions, checked against tract)",
+                isa_name()
+            ),
+        };
+        Ok(())
     }
 
     /// The graph that runs, when it is the native one.
-    pub fn running_native(&self) -> Option<&Graph> {
-        self.native.as_ref().filter(|_| self.use_native)
+    pub fn native(&self) -> Option<&Graph> {
+        match self {
+            Executor::Native { graph, .. } => Some(graph),
+            Executor::Tract { .. } => None,
+        }
     }
 }
 
@@ -127,97 +147,61 @@ pub(crate) fn choose(
     classes: usize,
     batch: usize,
     preference: Preference,
-) -> Choice {
+) -> Executor {
     if preference == Preference::Tract {
-        return Choice::tract(format!("tract ({ENGINE_ENV}=tract)"));
+        return Executor::tract(format!("tract ({ENGINE_ENV}=tract)"));
     }
     let graph = match catching("native", || Graph::compile(proto, chw)) {
         Ok(Ok(g)) if g.classes() == classes => g,
         Ok(Ok(g)) => {
-            return Choice::tract(format!(
+            return Executor::tract(format!(
                 "tract (native: {} outputs, tract {classes})",
                 g.classes()
             ))
         }
-        Ok(Err(why)) => return Choice::tract(format!("tract (native executor: {why})")),
-        Err(panic) => return Choice::tract(format!("tract (native executor failed: {panic})")),
+        Ok(Err(why)) => return Executor::tract(format!("tract (native executor: {why})")),
+        Err(panic) => return Executor::tract(format!("tract (native executor failed: {panic})")),
     };
     let [c, h, w] = chw;
-    let len = batch * c * h * w;
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let shape = [batch, c, h, w];
+    let inputs = probe::inputs(batch * c * h * w);
     let mut bufs = Vec::new();
-    let mut input = Vec::new();
-    for probe in 0..PROBES {
-        input = unit_noise(&mut seed, len)
-            .iter()
-            .map(|v| v * 3.0 - 1.5)
-            .collect();
-        let Ok(reference) = run_tract(plan, [batch, c, h, w], &input) else {
-            return Choice::tract("tract (the probe run failed)".into());
-        };
-        let ours = match catching("native", || graph.run(batch, &input, &mut bufs, None)) {
-            Ok(v) => v,
-            Err(panic) => return Choice::tract(format!("tract (native executor failed: {panic})")),
-        };
-        let scale = reference.iter().fold(1f32, |m, v| m.max(v.abs()));
-        // A NaN on either side counts as an unbounded disagreement.
-        let err = ours.iter().zip(&reference).fold(0f32, |m, (a, b)| {
-            let d = (a - b).abs();
-            m.max(if d.is_nan() { f32::INFINITY } else { d })
-        });
-        if ours.len() != reference.len() || err > PROBE_TOLERANCE * scale {
-            return Choice::tract(format!(
-                "tract (native executor disagrees with tract on probe {probe}: max error {err} at scale {scale})"
-            ));
-        }
+    if let Err(why) = probe::check(&graph, plan, shape, &inputs, &mut bufs) {
+        return Executor::tract(format!("tract ({why})"));
     }
     let isa = isa_name();
     if preference == Preference::Native {
-        return Choice {
-            native: Some(graph),
-            use_native: true,
-            note: format!(
+        return Executor::Native {
+            graph,
+            reason: format!(
                 "native ({ENGINE_ENV}=native; sc-kernels {isa} convolutions, checked against tract)"
             ),
         };
     }
-    let timed = catching("native", || {
-        race(&graph, plan, [batch, c, h, w], &input, &mut bufs)
-    });
+    // Timed on the last probe input.
+    let input = inputs.last().map_or(&[][..], Vec::as_slice);
+    let timed = catching("native", || race(&graph, plan, shape, input, &mut bufs));
     let (native_s, tract_s) = match timed {
         Ok(Ok(t)) => t,
-        _ => return Choice::tract("tract (timing the native executor failed)".into()),
+        _ => return Executor::tract("tract (timing the native executor failed)".into()),
     };
     if native_s <= tract_s {
-        Choice {
-            native: Some(graph),
-            use_native: true,
-            note: format!(
+        Executor::Native {
+            graph,
+            reason: format!(
                 "native (sc-kernels {isa} convolutions, checked against tract; {:.1}x tract's speed at batch {batch})",
                 tract_s / native_s
             ),
         }
     } else {
-        Choice {
-            native: Some(graph),
-            use_native: false,
-            note: format!(
+        Executor::Tract {
+            standby: Some(graph),
+            reason: format!(
                 "tract (its plan ran {:.1}x the native executor's speed with {isa} kernels at batch {batch})",
                 native_s / tract_s
             ),
         }
     }
-}
-
-/// tract's logits for `input` of `shape`.
-fn run_tract(
-    plan: &Arc<TypedSimplePlan>,
-    shape: [usize; 4],
-    input: &[f32],
-) -> TractResult<Vec<f32>> {
-    let t = Tensor::from_shape(&shape, input)?;
-    let out = plan.spawn()?.run(tvec!(t.into_tvalue()))?;
-    Ok(out[0].try_as_plain_ram()?.as_slice::<f32>()?.to_vec())
 }
 
 /// Best-of-rounds seconds per run of the native graph and of tract's plan, on one thread,

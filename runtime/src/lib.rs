@@ -37,6 +37,7 @@ mod model_file;
 mod native;
 mod noise;
 mod preprocess;
+mod probe;
 mod runner;
 #[cfg(feature = "serve")]
 pub mod serve;

@@ -1,4 +1,5 @@
-//! Reproducible pseudo-random input: the executor's probe and the benchmark both use it.
+//! Reproducible pseudo-random values: the probe check and the benchmark each draw their own input
+//! from it.
 
 /// `n` reproducible pseudo-random values in [0, 1) from the xorshift64 state `seed` (advanced).
 pub(crate) fn unit_noise(seed: &mut u64, n: usize) -> Vec<f32> {
