@@ -1,0 +1,116 @@
+//! The native executor's graph: steps over numbered values, each with a per-image shape.
+
+use sc_kernels::conv::Packed;
+
+/// A compiled graph: steps over numbered values, each with a per-image shape.
+pub(crate) struct Graph {
+    pub(super) steps: Vec<Step>,
+    /// Per-image shape of each value.
+    pub(super) shapes: Vec<Vec<usize>>,
+    pub(super) input: usize,
+    pub(super) output: usize,
+    pub(super) classes: usize,
+}
+
+pub(super) enum Step {
+    Conv {
+        x: usize,
+        y: usize,
+        /// (cin, h, w, cout, k, stride, pad)
+        dims: [usize; 7],
+        weight: Vec<f32>,
+        packed: Option<Packed>,
+        bias: Vec<f32>,
+        /// A value added before the ReLU (a residual Add folded in).
+        residual: Option<usize>,
+        relu: bool,
+    },
+    /// `y = x · scale[c] + shift[c]` over the first per-image axis.
+    Affine {
+        x: usize,
+        y: usize,
+        scale: Vec<f32>,
+        shift: Vec<f32>,
+        relu: bool,
+    },
+    Relu {
+        x: usize,
+        y: usize,
+    },
+    Add {
+        a: usize,
+        b: usize,
+        y: usize,
+        relu: bool,
+    },
+    /// Zero padding of a `[c, h, w]` image: `begin` per axis (the output shape has the rest).
+    Pad {
+        x: usize,
+        y: usize,
+        begin: [usize; 3],
+    },
+    /// `y[i][j][k] = x[start + i · step]...` per axis of a `[c, h, w]` image.
+    Slice {
+        x: usize,
+        y: usize,
+        start: [usize; 3],
+        step: [usize; 3],
+    },
+    /// Mean over H and W of a `[c, h, w]` image.
+    Mean {
+        x: usize,
+        y: usize,
+    },
+    /// `y = W x + b`, `W` is `[out][in]`.
+    Dense {
+        x: usize,
+        y: usize,
+        w: Vec<f32>,
+        b: Vec<f32>,
+    },
+    Copy {
+        x: usize,
+        y: usize,
+    },
+}
+
+impl Step {
+    pub(super) fn inputs(&self) -> Vec<usize> {
+        match *self {
+            Step::Add { a, b, .. } => vec![a, b],
+            Step::Conv {
+                x,
+                residual: Some(r),
+                ..
+            } => vec![x, r],
+            Step::Conv { x, .. }
+            | Step::Affine { x, .. }
+            | Step::Relu { x, .. }
+            | Step::Pad { x, .. }
+            | Step::Slice { x, .. }
+            | Step::Mean { x, .. }
+            | Step::Dense { x, .. }
+            | Step::Copy { x, .. } => vec![x],
+        }
+    }
+
+    pub(super) fn output(&self) -> usize {
+        match *self {
+            Step::Conv { y, .. }
+            | Step::Affine { y, .. }
+            | Step::Relu { y, .. }
+            | Step::Add { y, .. }
+            | Step::Pad { y, .. }
+            | Step::Slice { y, .. }
+            | Step::Mean { y, .. }
+            | Step::Dense { y, .. }
+            | Step::Copy { y, .. } => y,
+        }
+    }
+}
+
+impl Graph {
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+}
