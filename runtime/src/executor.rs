@@ -232,3 +232,58 @@ fn race(
     }
     Ok((native, tract))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A native graph that flattens a `[2, 1, 1]` image into 2 logits.
+    fn graph() -> Graph {
+        let value = |name: &str| pb::ValueInfoProto {
+            name: name.into(),
+            ..Default::default()
+        };
+        let proto = pb::ModelProto {
+            graph: Some(pb::GraphProto {
+                node: vec![pb::NodeProto {
+                    op_type: "Flatten".into(),
+                    input: vec!["x".into()],
+                    output: vec!["y".into()],
+                    ..Default::default()
+                }],
+                input: vec![value("x")],
+                output: vec![value("y")],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        Graph::compile(&proto, [2, 1, 1]).expect("a Flatten compiles")
+    }
+
+    #[test]
+    fn tract_without_a_graph_keeps_its_reason() {
+        let mut e = Executor::tract("tract (why)".into());
+        e.prefer_tract();
+        assert_eq!(e.reason(), "tract (why)");
+        assert_eq!(e.prefer_native(), Err("tract (why)".into()));
+        assert!(e.native().is_none());
+    }
+
+    #[test]
+    fn switches_between_native_and_a_standby_graph() {
+        let mut e = Executor::Native {
+            graph: graph(),
+            reason: "native (timed)".into(),
+        };
+        assert!(e.native().is_some());
+        e.prefer_tract();
+        assert!(e.native().is_none());
+        assert_eq!(e.reason(), "tract (asked for)");
+        assert_eq!(e.prefer_native(), Ok(()));
+        assert_eq!(e.native().map(Graph::classes), Some(2));
+        assert!(e.reason().starts_with("native (asked for; sc-kernels "));
+        let reason = e.reason().to_string();
+        assert_eq!(e.prefer_native(), Ok(()));
+        assert_eq!(e.reason(), reason);
+    }
+}
