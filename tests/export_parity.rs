@@ -165,6 +165,21 @@ fn check(arch: ArchConfig, tag: &str) {
             &reference,
             arch.num_classes,
         );
+        // Our runtime's native executor (the sc-kernels convolutions) on the same file; the
+        // runtime takes gray or RGB models only.
+        if c == 1 || c == 3 {
+            let native = sc_runtime::Classifier::from_bytes(&bytes, tag)
+                .unwrap()
+                .with_native()
+                .unwrap();
+            let n = native.logits_for_input(&x).unwrap().concat();
+            assert_close(
+                &format!("{tag} b{b} native"),
+                &n,
+                &reference,
+                arch.num_classes,
+            );
+        }
         let co = candle_onnx_logits(&bytes, &x, shape);
         assert_close(
             &format!("{tag} b{b} candle-onnx"),
@@ -209,6 +224,18 @@ fn projection_shortcut_and_odd_sizes_agree() {
     a.shortcut = Shortcut::B;
     check(a, "resnet8-b-13x11");
     check(ArchConfig::resnet(8, 2, 9, 9, 4).unwrap(), "resnet8-a-9x9");
+}
+
+#[test]
+fn the_downsampling_stem_of_large_inputs_agrees() {
+    let a = ArchConfig::resnet(8, 3, 64, 64, 5).unwrap();
+    assert_eq!(a.stem_stride, 2, "64 px and more get the stride-2 stem");
+    assert_eq!(ArchConfig::resnet(8, 3, 63, 80, 5).unwrap().stem_stride, 1);
+    check(a, "resnet8-stem2-64x64");
+    check(
+        ArchConfig::resnet(8, 3, 70, 97, 3).unwrap(),
+        "resnet8-stem2-70x97",
+    );
 }
 
 #[test]

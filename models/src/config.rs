@@ -43,7 +43,22 @@ pub struct ArchConfig {
     /// BatchNorm epsilon.
     #[serde(default = "default_bn_eps")]
     pub bn_eps: f64,
+    /// Stride of the first convolution: 1 for CIFAR-sized inputs; 2 (the downsampling stem) for
+    /// inputs of 64 px and more, so that a 96x96 image costs 2.25x a 32x32 one instead of 9x.
+    /// Left out of the serialized config when 1 (configs from before it read as they were).
+    #[serde(default = "default_stem_stride", skip_serializing_if = "is_one")]
+    pub stem_stride: usize,
 }
+
+fn default_stem_stride() -> usize {
+    1
+}
+fn is_one(n: &usize) -> bool {
+    *n == 1
+}
+
+/// Inputs whose shorter side is at least this many pixels get the downsampling stem.
+pub const DOWNSAMPLING_STEM_FROM: usize = 64;
 
 fn default_widths() -> [usize; 3] {
     [16, 32, 64]
@@ -80,6 +95,11 @@ impl ArchConfig {
             shortcut: default_shortcut(),
             bn_momentum: default_bn_momentum(),
             bn_eps: default_bn_eps(),
+            stem_stride: if height.min(width) >= DOWNSAMPLING_STEM_FROM {
+                2
+            } else {
+                1
+            },
         };
         cfg.validate()?;
         Ok(cfg)
@@ -141,6 +161,18 @@ impl ArchConfig {
         if self.widths.contains(&0) {
             return Err("stage widths must be positive".into());
         }
+        if !(1..=2).contains(&self.stem_stride) {
+            return Err(format!(
+                "stem_stride must be 1 or 2, got {}",
+                self.stem_stride
+            ));
+        }
+        if self.height.div_ceil(self.stem_stride) < 4 || self.width.div_ceil(self.stem_stride) < 4 {
+            return Err(format!(
+                "input {}x{} is too small for a stride-{} stem",
+                self.height, self.width, self.stem_stride
+            ));
+        }
         if !(0.0..=1.0).contains(&self.bn_momentum) {
             return Err(format!(
                 "bn_momentum must be in [0, 1] (PyTorch convention), got {}",
@@ -183,7 +215,11 @@ impl ArchConfig {
 
     /// Multiply-adds of one forward pass of one image (convolutions and the classifier).
     pub fn multiply_adds(&self) -> u64 {
-        let (mut h, mut w) = (self.height as u64, self.width as u64);
+        let s = self.stem_stride as u64;
+        let (mut h, mut w) = (
+            (self.height as u64).div_ceil(s),
+            (self.width as u64).div_ceil(s),
+        );
         let mut n = (self.in_channels * self.widths[0] * 9) as u64 * h * w;
         for (_, ci, co, stride) in self.blocks() {
             if stride == 2 {
@@ -205,6 +241,26 @@ pub use sc_data::Normalization;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_downsampling_stem_cuts_large_inputs_to_a_quarter() {
+        let small = ArchConfig::resnet(20, 3, 32, 32, 10).unwrap();
+        let large = ArchConfig::resnet(20, 3, 96, 96, 10).unwrap();
+        assert_eq!((small.stem_stride, large.stem_stride), (1, 2));
+        assert_eq!(small.parameter_count(), large.parameter_count());
+        let ratio = large.multiply_adds() as f64 / small.multiply_adds() as f64;
+        assert!((ratio - 2.25).abs() < 0.05, "{ratio}");
+        // Serialized only when not 1, so configs and names from before it stay the same.
+        assert!(!serde_json::to_string(&small)
+            .unwrap()
+            .contains("stem_stride"));
+        let back: ArchConfig =
+            serde_json::from_str(&serde_json::to_string(&large).unwrap()).unwrap();
+        assert_eq!(back, large);
+        let mut bad = large.clone();
+        bad.stem_stride = 3;
+        assert!(bad.validate().unwrap_err().contains("stem_stride"));
+    }
 
     #[test]
     fn parameter_counts_match_the_paper() {

@@ -201,7 +201,7 @@ impl ResNet {
             cfg.in_channels,
             cfg.widths[0],
             3,
-            1,
+            cfg.stem_stride,
             cfg,
             &mut params,
         )?;

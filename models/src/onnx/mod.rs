@@ -237,7 +237,13 @@ pub fn resnet_to_onnx(
         e.g.node("Sub", "normalize.sub", &[INPUT_NAME, &mean], vec![]);
     let x = e.g.node("Div", "normalize", &[&x, &std], vec![]);
 
-    let mut x = e.conv_bn(&x, "conv1", "bn1", (c, cfg.widths[0], 3, 1), true)?;
+    let mut x = e.conv_bn(
+        &x,
+        "conv1",
+        "bn1",
+        (c, cfg.widths[0], 3, cfg.stem_stride),
+        true,
+    )?;
     for (name, c_in, c_out, stride) in cfg.blocks() {
         x = e.block(&x, &name, c_in, c_out, stride)?;
     }
