@@ -133,7 +133,14 @@ fn tiny_budget_tunes_weight_decay_then_trains_the_grid_and_reads_the_speed_up_of
     let r = reproduce(&p).unwrap().unwrap();
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(p.out.join("report.json")).unwrap()).unwrap();
-    // Every schedule got a weight decay, from the candidates, by validation accuracy.
+    // 1cycle's max LR was chosen first (two candidates, at the first weight decay), then every
+    // schedule got a weight decay, from the candidates, by validation accuracy.
+    let lr = json["lr_tuning"].as_array().unwrap();
+    assert_eq!(lr.len(), 1, "{lr:?}");
+    assert_eq!(lr[0]["schedule"], "1cycle");
+    assert_eq!(lr[0]["tried"].as_array().unwrap().len(), 2);
+    let max_lr = lr[0]["chosen"].as_f64().unwrap();
+    assert!(max_lr == 0.3 || max_lr == 0.15, "{max_lr}");
     let tuning = json["tuning"].as_array().unwrap();
     assert_eq!(tuning.len(), 2);
     for t in tuning {

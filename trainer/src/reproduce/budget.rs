@@ -5,8 +5,11 @@
 //! to its own end (a PC-LR run's accuracy half-way through is not what PC-LR reaches with half the
 //! budget), and reads the answer off the curves:
 //!
-//! 1. **Weight decay** is chosen per schedule on the validation split: every candidate at
-//!    `tune_epochs`, the best final validation accuracy wins (ties: the first candidate).
+//! 1. **Max LR** (one-cycle schedules that list `max_lrs`): every candidate at `lr_tune_epochs`
+//!    with the first weight-decay candidate, the cycle's other LRs scaled with it; the best final
+//!    validation accuracy wins. The range test bounds the candidates (docs/REPRODUCTION.md).
+//!    **Weight decay** is then chosen per schedule the same way: every candidate at
+//!    `tune_epochs` (with the chosen max LR); the best wins (ties: the first candidate).
 //! 2. **The grid**: each schedule at each of its budgets with its chosen weight decay; the
 //!    headline pair with more seeds. Cheapest runs first, so a partial experiment already has
 //!    its short budgets.
@@ -51,6 +54,9 @@ pub struct BudgetScale {
     pub base: toml::Table,
     /// Epochs of the weight-decay runs.
     pub tune_epochs: f64,
+    /// Epochs of the max-LR runs (schedules with `max_lrs`).
+    #[serde(default)]
+    pub lr_tune_epochs: Option<f64>,
     /// Weight-decay candidates, tried for every schedule.
     pub weight_decays: Vec<f64>,
     /// The accuracy to reach, percent (He et al.'s ResNet-20: 91.25), and what it is.
@@ -82,6 +88,9 @@ pub struct BudgetSchedule {
     pub role: Role,
     /// The budgets, in epochs of the training split.
     pub epochs: Vec<f64>,
+    /// One cycle only: max-LR candidates, tried before weight decay (empty: the preset's LRs).
+    #[serde(default)]
+    pub max_lrs: Vec<f64>,
     /// Why this schedule and these values (goes into the report).
     pub note: String,
     /// Settings over `base` (the schedule).
@@ -98,16 +107,21 @@ pub fn load() -> anyhow::Result<BudgetPreset> {
         if s.weight_decays.is_empty() {
             bail!("preset budget.toml / {name}: no weight_decays");
         }
+        if s.schedules.iter().any(|x| !x.max_lrs.is_empty()) && s.lr_tune_epochs.is_none() {
+            bail!("preset budget.toml / {name}: max_lrs need lr_tune_epochs");
+        }
     }
     Ok(p)
 }
 
-/// One schedule's weight-decay choice.
+/// One schedule's choice of one setting (max LR or weight decay).
 #[derive(Debug, Clone, Serialize)]
 pub struct Tuning {
     pub schedule: String,
+    /// `max_lr` or `weight_decay`.
+    pub what: String,
     pub epochs: f64,
-    /// (weight decay, final validation accuracy or None when unfinished/diverged, run dir).
+    /// (value, final validation accuracy or None when unfinished/diverged, run dir).
     pub tried: Vec<(f64, Option<f64>, String)>,
     /// None until every candidate has finished.
     pub chosen: Option<f64>,
@@ -119,13 +133,17 @@ pub struct BudgetRun {
     pub run: PlannedRun,
     pub epochs: f64,
     pub weight_decay: f64,
+    /// The one cycle's max LR when it was tuned (None: the preset's).
+    pub max_lr: Option<f64>,
 }
 
-/// The config of one schedule at one budget, weight decay and seed.
+/// The config of one schedule at one budget, max LR, weight decay and seed.
+#[allow(clippy::too_many_arguments)]
 fn config(
     scale: &BudgetScale,
     s: &BudgetSchedule,
     epochs: f64,
+    max_lr: Option<f64>,
     wd: f64,
     seed: u64,
     plan: &ReproducePlan,
@@ -149,6 +167,21 @@ fn config(
     let mut c: TrainConfig = toml::Value::Table(t)
         .try_into()
         .with_context(|| format!("preset budget / {}: invalid config", s.label))?;
+    if let Some(m) = max_lr {
+        let crate::schedule::Schedule::OneCycle(oc) = &mut c.schedule else {
+            bail!(
+                "preset budget / {}: max_lrs are for one-cycle schedules",
+                s.label
+            );
+        };
+        // The cycle keeps its shape: min and final LR scale with the max.
+        let f = m / oc.max_lr;
+        if f != 1.0 {
+            oc.min_lr *= f;
+            oc.final_lr = oc.final_lr.map(|x| x * f);
+            oc.max_lr = m;
+        }
+    }
     if plan.budget != 1.0 {
         stretch(&mut c, plan.budget)?;
     }
@@ -160,7 +193,7 @@ fn config(
 fn planned(
     s: &BudgetSchedule,
     epochs: f64,
-    wd: f64,
+    (max_lr, wd): (Option<f64>, f64),
     config: TrainConfig,
     root: &Path,
 ) -> BudgetRun {
@@ -176,16 +209,50 @@ fn planned(
         },
         epochs,
         weight_decay: wd,
+        max_lr,
     }
 }
 
-/// The weight-decay runs, schedule by schedule.
-pub fn tuning_runs(scale: &BudgetScale, plan: &ReproducePlan) -> anyhow::Result<Vec<BudgetRun>> {
+/// The max-LR runs of the schedules that list candidates.
+pub fn lr_tuning_runs(scale: &BudgetScale, plan: &ReproducePlan) -> anyhow::Result<Vec<BudgetRun>> {
+    let mut out = Vec::new();
+    let (Some(epochs), Some(&wd)) = (scale.lr_tune_epochs, scale.weight_decays.first()) else {
+        return Ok(out);
+    };
+    for s in &scale.schedules {
+        for &m in &s.max_lrs {
+            let c = config(scale, s, epochs, Some(m), wd, 0, plan)?;
+            out.push(planned(s, epochs, (Some(m), wd), c, &plan.runs_root));
+        }
+    }
+    Ok(out)
+}
+
+/// A schedule's max LR: `Ok(None)` keeps the preset's, `Err(())` while its tuning is pending.
+fn max_lr_of(s: &BudgetSchedule, lr: &[Tuning]) -> Result<Option<f64>, ()> {
+    if s.max_lrs.is_empty() {
+        return Ok(None);
+    }
+    lr.iter()
+        .find(|t| t.schedule == s.label)
+        .and_then(|t| t.chosen)
+        .map(Some)
+        .ok_or(())
+}
+
+/// The weight-decay runs, schedule by schedule (at the chosen max LR; schedules whose max LR is
+/// still pending are left out).
+pub fn tuning_runs(
+    scale: &BudgetScale,
+    lr: &[Tuning],
+    plan: &ReproducePlan,
+) -> anyhow::Result<Vec<BudgetRun>> {
     let mut out = Vec::new();
     for s in &scale.schedules {
+        let Ok(m) = max_lr_of(s, lr) else { continue };
         for &wd in &scale.weight_decays {
-            let c = config(scale, s, scale.tune_epochs, wd, 0, plan)?;
-            out.push(planned(s, scale.tune_epochs, wd, c, &plan.runs_root));
+            let c = config(scale, s, scale.tune_epochs, m, wd, 0, plan)?;
+            out.push(planned(s, scale.tune_epochs, (m, wd), c, &plan.runs_root));
         }
     }
     Ok(out)
@@ -205,29 +272,48 @@ fn finished(dir: &Path) -> bool {
 
 /// Each schedule's weight decay, from the tuning runs as far as they have finished.
 pub fn tunings(scale: &BudgetScale, tune: &[BudgetRun]) -> Vec<Tuning> {
+    choices(scale, tune, "weight_decay", scale.tune_epochs, |r| {
+        r.weight_decay
+    })
+}
+
+/// Each tuned schedule's max LR, from its runs as far as they have finished.
+pub fn lr_tunings(scale: &BudgetScale, runs: &[BudgetRun]) -> Vec<Tuning> {
+    let epochs = scale.lr_tune_epochs.unwrap_or(0.0);
+    choices(scale, runs, "max_lr", epochs, |r| r.max_lr.unwrap_or(0.0))
+        .into_iter()
+        .filter(|t| !t.tried.is_empty())
+        .collect()
+}
+
+fn choices(
+    scale: &BudgetScale,
+    runs: &[BudgetRun],
+    what: &str,
+    epochs: f64,
+    value: impl Fn(&BudgetRun) -> f64,
+) -> Vec<Tuning> {
     scale
         .schedules
         .iter()
         .map(|s| {
-            let tried: Vec<(f64, Option<f64>, String)> = tune
+            let mine: Vec<&BudgetRun> = runs.iter().filter(|r| r.run.group == s.label).collect();
+            let tried: Vec<(f64, Option<f64>, String)> = mine
                 .iter()
-                .filter(|r| r.run.group == s.label)
                 .map(|r| {
                     (
-                        r.weight_decay,
+                        value(r),
                         final_acc(&r.run.dir),
                         r.run.dir.display().to_string(),
                     )
                 })
                 .collect();
-            let all_done = tune
-                .iter()
-                .filter(|r| r.run.group == s.label)
-                .all(|r| finished(&r.run.dir));
+            let all_done = mine.iter().all(|r| finished(&r.run.dir));
             let chosen = all_done.then(|| choose(&tried)).flatten();
             Tuning {
                 schedule: s.label.clone(),
-                epochs: scale.tune_epochs,
+                what: what.into(),
+                epochs,
                 tried,
                 chosen,
             }
@@ -251,11 +337,13 @@ fn choose(tried: &[(f64, Option<f64>, String)]) -> Option<f64> {
 /// The grid for the chosen weight decays (schedules not yet tuned are left out), cheapest first.
 pub fn grid_runs(
     scale: &BudgetScale,
+    lr: &[Tuning],
     tunings: &[Tuning],
     plan: &ReproducePlan,
 ) -> anyhow::Result<Vec<BudgetRun>> {
     let mut out = Vec::new();
     for s in &scale.schedules {
+        let Ok(m) = max_lr_of(s, lr) else { continue };
         let Some(wd) = tunings
             .iter()
             .find(|t| t.schedule == s.label)
@@ -272,8 +360,8 @@ pub fn grid_runs(
                 plan.seeds
             };
             for seed in 0..seeds {
-                let c = config(scale, s, e, wd, seed, plan)?;
-                out.push(planned(s, e, wd, c, &plan.runs_root));
+                let c = config(scale, s, e, m, wd, seed, plan)?;
+                out.push(planned(s, e, (m, wd), c, &plan.runs_root));
             }
         }
     }
@@ -307,53 +395,62 @@ pub fn reproduce(plan: &ReproducePlan) -> anyhow::Result<Option<super::report::R
     if plan.seeds == 0 {
         bail!("--seeds must be at least 1");
     }
-    let tune = tuning_runs(scale, plan)?;
     eprintln!(
         "{} ({} scale). Budget: {}",
         preset.title, plan.scale, scale.budget
     );
+    let lr_runs = lr_tuning_runs(scale, plan)?;
     if plan.dry_run {
+        let show = |stage: &str, r: &BudgetRun| {
+            println!(
+                "{stage:<5} {:<28} max lr {:<6} wd {:<7} seed {}  {:<8} {}",
+                r.run.label,
+                r.max_lr.map_or("preset".into(), |m| m.to_string()),
+                r.weight_decay,
+                r.run.seed,
+                status(&r.run.dir),
+                r.run.dir.display()
+            )
+        };
+        lr_runs.iter().for_each(|r| show("lr", r));
+        let lr = lr_tunings(scale, &lr_runs);
+        let tune = tuning_runs(scale, &lr, plan)?;
+        tune.iter().for_each(|r| show("wd", r));
         let t = tunings(scale, &tune);
-        for r in &tune {
-            println!(
-                "tune  {:<34} wd {:<7} seed {}  {:<8} {}",
-                r.run.label,
-                r.weight_decay,
-                r.run.seed,
-                status(&r.run.dir),
-                r.run.dir.display()
-            );
-        }
-        for r in grid_runs(scale, &t, plan)? {
-            println!(
-                "grid  {:<34} wd {:<7} seed {}  {:<8} {}",
-                r.run.label,
-                r.weight_decay,
-                r.run.seed,
-                status(&r.run.dir),
-                r.run.dir.display()
-            );
-        }
-        for x in t.iter().filter(|x| x.chosen.is_none()) {
-            println!(
-                "grid  {:<34} (listed once its weight decay is chosen)",
-                x.schedule
-            );
+        grid_runs(scale, &lr, &t, plan)?
+            .iter()
+            .for_each(|r| show("grid", r));
+        for s in &scale.schedules {
+            if max_lr_of(s, &lr).is_err()
+                || !t
+                    .iter()
+                    .any(|x| x.schedule == s.label && x.chosen.is_some())
+            {
+                println!(
+                    "grid  {:<28} (listed once its max LR and weight decay are chosen)",
+                    s.label
+                );
+            }
         }
         return Ok(None);
     }
     crate::io::ensure_writable_dir(&plan.out)?;
+    for r in &lr_runs {
+        super::do_run(&r.run, plan.progress)?;
+    }
+    let lr = lr_tunings(scale, &lr_runs);
+    let tune = tuning_runs(scale, &lr, plan)?;
     for r in &tune {
         super::do_run(&r.run, plan.progress)?;
     }
     let t = tunings(scale, &tune);
-    let grid = grid_runs(scale, &t, plan)?;
+    let grid = grid_runs(scale, &lr, &t, plan)?;
     for r in &grid {
         super::do_run(&r.run, plan.progress)?;
         // The report after every run: an experiment spread over sessions always has one.
-        build_report(&preset, scale, plan, &t, &grid)?;
+        build_report(&preset, scale, plan, &lr, &t, &grid)?;
     }
-    Ok(Some(build_report(&preset, scale, plan, &t, &grid)?))
+    Ok(Some(build_report(&preset, scale, plan, &lr, &t, &grid)?))
 }
 
 /// One schedule at one budget over its seeds.
@@ -362,6 +459,8 @@ pub struct Point {
     pub schedule: String,
     pub role: Role,
     pub epochs: f64,
+    /// The tuned max LR (None: the preset's).
+    pub max_lr: Option<f64>,
     pub weight_decay: f64,
     /// Over finished seeds (fractions).
     pub val_acc: Option<Stat>,
@@ -412,6 +511,7 @@ pub struct BudgetReport {
     pub target: f64,
     pub target_source: String,
     pub headline: Headline,
+    pub lr_tuning: Vec<Tuning>,
     pub tuning: Vec<Tuning>,
     pub points: Vec<Point>,
     pub speedups: Vec<Speedup>,
@@ -433,6 +533,7 @@ fn points(grid: &[BudgetRun]) -> Vec<Point> {
                     schedule: r.run.group.clone(),
                     role: r.run.role,
                     epochs: r.epochs,
+                    max_lr: r.max_lr,
                     weight_decay: r.weight_decay,
                     val_acc: None,
                     seeds_planned: 0,
@@ -663,6 +764,7 @@ fn build_report(
     preset: &BudgetPreset,
     scale: &BudgetScale,
     plan: &ReproducePlan,
+    lr_tuning: &[Tuning],
     tuning: &[Tuning],
     grid: &[BudgetRun],
 ) -> anyhow::Result<super::report::Report> {
@@ -704,6 +806,7 @@ fn build_report(
         target: scale.target,
         target_source: scale.target_source.clone(),
         headline: scale.headline.clone(),
+        lr_tuning: lr_tuning.to_vec(),
         tuning: tuning.to_vec(),
         points: pts,
         speedups: sp,
@@ -743,8 +846,40 @@ fn markdown(r: &BudgetReport) -> String {
     for (label, note) in &r.notes {
         s += &format!("- **{label}**: {note}\n");
     }
+    if !r.lr_tuning.is_empty() {
+        s += "\n## Max LR, chosen on the validation split\n\n| schedule | epochs | tried (val acc %) | chosen |\n|---|---:|---|---:|\n";
+        s += &tuning_rows(&r.lr_tuning);
+    }
     s += "\n## Weight decay, chosen on the validation split\n\n| schedule | epochs | tried (val acc %) | chosen |\n|---|---:|---|---:|\n";
-    for t in &r.tuning {
+    s += &tuning_rows(&r.tuning);
+    s += "\n## Accuracy against budget\n\n| schedule | epochs | max LR | weight decay | val acc % | diverged | train time |\n|---|---:|---:|---:|---|---:|---:|\n";
+    for p in &r.points {
+        s += &format!(
+            "| {} | {} | {} | {} | {}{} | {} | {} |\n",
+            p.schedule,
+            p.epochs,
+            p.max_lr.map_or("—".into(), |m| m.to_string()),
+            p.weight_decay,
+            pct(&p.val_acc),
+            match &p.val_acc {
+                Some(a) if a.n < p.seeds_planned =>
+                    format!(" ({} of {} seeds)", a.n, p.seeds_planned),
+                None => format!(" (0 of {} seeds)", p.seeds_planned),
+                _ => String::new(),
+            },
+            p.diverged,
+            p.train_seconds
+                .map(|t| format!("{:.0} min", t / 60.0))
+                .unwrap_or_else(|| "—".into())
+        );
+    }
+    s += &after_points(r);
+    s
+}
+
+fn tuning_rows(tunings: &[Tuning]) -> String {
+    let mut s = String::new();
+    for t in tunings {
         s += &format!(
             "| {} | {} | {} | {} |\n",
             t.schedule,
@@ -763,26 +898,12 @@ fn markdown(r: &BudgetReport) -> String {
                 .unwrap_or_else(|| "pending".into())
         );
     }
-    s += "\n## Accuracy against budget\n\n| schedule | epochs | weight decay | val acc % | diverged | train time |\n|---|---:|---:|---|---:|---:|\n";
-    for p in &r.points {
-        s += &format!(
-            "| {} | {} | {} | {}{} | {} | {} |\n",
-            p.schedule,
-            p.epochs,
-            p.weight_decay,
-            pct(&p.val_acc),
-            match &p.val_acc {
-                Some(a) if a.n < p.seeds_planned =>
-                    format!(" ({} of {} seeds)", a.n, p.seeds_planned),
-                None => format!(" (0 of {} seeds)", p.seeds_planned),
-                _ => String::new(),
-            },
-            p.diverged,
-            p.train_seconds
-                .map(|t| format!("{:.0} min", t / 60.0))
-                .unwrap_or_else(|| "—".into())
-        );
-    }
+    s
+}
+
+/// The speed-up table, the verdicts, the plot and the run list.
+fn after_points(r: &BudgetReport) -> String {
+    let mut s = String::new();
     if !r.speedups.is_empty() {
         s += "\n## Speed-up: the epochs PC-LR needs for one cycle's accuracy\n\nInterpolated linearly in log(epochs) between PC-LR's budgets; `>` and `<` are bounds where \
               one cycle's accuracy lies outside PC-LR's measured range.\n\n| schedule | epochs | val acc % | PC-LR epochs for it | speed-up |\n|---|---:|---:|---:|---:|\n";
@@ -813,6 +934,11 @@ fn markdown(r: &BudgetReport) -> String {
         }
     }
     s += "\n## Runs\n\n";
+    for t in &r.lr_tuning {
+        for (m, _, d) in &t.tried {
+            s += &format!("- max LR {} {m}: {d}\n", t.schedule);
+        }
+    }
     for t in &r.tuning {
         for (wd, _, d) in &t.tried {
             s += &format!("- tuning {} wd {wd}: {d}\n", t.schedule);
@@ -845,6 +971,70 @@ mod tests {
 
     use std::path::PathBuf;
 
+    /// Every schedule's max LR chosen as `m` (those that tune it).
+    fn lr_chosen(s: &BudgetScale, m: f64) -> Vec<Tuning> {
+        s.schedules
+            .iter()
+            .filter(|x| !x.max_lrs.is_empty())
+            .map(|x| Tuning {
+                schedule: x.label.clone(),
+                what: "max_lr".into(),
+                epochs: 5.0,
+                tried: vec![],
+                chosen: Some(m),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn max_lr_candidates_come_first_and_scale_the_whole_cycle() {
+        let p = load().unwrap();
+        let s = &p.scale["cpu"];
+        let lr = lr_tuning_runs(s, &plan(1)).unwrap();
+        let tuned: Vec<&BudgetSchedule> = s
+            .schedules
+            .iter()
+            .filter(|x| !x.max_lrs.is_empty())
+            .collect();
+        assert!(!tuned.is_empty());
+        assert_eq!(
+            lr.len(),
+            tuned.iter().map(|x| x.max_lrs.len()).sum::<usize>()
+        );
+        for r in &lr {
+            assert_eq!(Some(r.epochs), s.lr_tune_epochs);
+            assert_eq!(r.weight_decay, s.weight_decays[0]);
+            let crate::schedule::Schedule::OneCycle(oc) = &r.run.config.schedule else {
+                panic!("{:?}", r.run.config.schedule)
+            };
+            assert_eq!(Some(oc.max_lr), r.max_lr);
+            assert!((oc.min_lr / oc.max_lr - 0.1).abs() < 1e-9, "min = max / 10");
+            if let Some(f) = oc.final_lr {
+                assert!((f / oc.max_lr - 0.001).abs() < 1e-9, "final = max / 1000");
+            }
+        }
+        // Until the max LR is chosen, the tuned schedules have no weight-decay runs.
+        let pending = tuning_runs(s, &[], &plan(1)).unwrap();
+        assert!(pending.iter().all(|r| r.run.role == Role::Pc));
+        // The preset's own max LR gives the preset's config (run directories are shared).
+        let at_preset = tuning_runs(s, &lr_chosen(s, 0.8), &plan(1)).unwrap();
+        let sc = at_preset.iter().find(|r| r.run.role == Role::Sc).unwrap();
+        let again = config(
+            s,
+            s.schedules
+                .iter()
+                .find(|x| x.label == sc.run.group)
+                .unwrap(),
+            s.tune_epochs,
+            None,
+            sc.weight_decay,
+            0,
+            &plan(1),
+        )
+        .unwrap();
+        assert_eq!(sc.run.config, again);
+    }
+
     #[test]
     fn the_cpu_scale_is_the_issue_s_grid() {
         let p = load().unwrap();
@@ -855,7 +1045,7 @@ mod tests {
         for sc in s.schedules.iter().filter(|x| x.role == Role::Sc) {
             assert_eq!(sc.epochs, vec![5.0, 10.0, 20.0, 30.0, 40.0], "{}", sc.label);
         }
-        let tune = tuning_runs(s, &plan(1)).unwrap();
+        let tune = tuning_runs(s, &lr_chosen(s, 0.8), &plan(1)).unwrap();
         assert_eq!(tune.len(), s.schedules.len() * s.weight_decays.len());
         let c = &tune[0].run.config;
         assert_eq!((c.batch_size, c.model.name.as_str()), (128, "resnet20"));
@@ -892,12 +1082,14 @@ mod tests {
             .iter()
             .map(|x| Tuning {
                 schedule: x.label.clone(),
+                what: "weight_decay".into(),
                 epochs: s.tune_epochs,
                 tried: vec![],
                 chosen: None,
             })
             .collect();
-        assert!(grid_runs(s, &none, &plan(1)).unwrap().is_empty());
+        let lr = lr_chosen(s, 1.6);
+        assert!(grid_runs(s, &lr, &none, &plan(1)).unwrap().is_empty());
         let chosen: Vec<Tuning> = none
             .iter()
             .map(|t| Tuning {
@@ -905,10 +1097,21 @@ mod tests {
                 ..t.clone()
             })
             .collect();
-        let grid = grid_runs(s, &chosen, &plan(1)).unwrap();
+        assert!(
+            grid_runs(s, &[], &chosen, &plan(1))
+                .unwrap()
+                .iter()
+                .all(|r| r.run.role == Role::Pc),
+            "one cycle waits for its max LR"
+        );
+        let grid = grid_runs(s, &lr, &chosen, &plan(1)).unwrap();
         assert!(grid
             .iter()
             .all(|r| r.run.config.optimizer.weight_decay == 5e-4));
+        assert!(grid
+            .iter()
+            .filter(|r| r.run.role == Role::Sc)
+            .all(|r| r.max_lr == Some(1.6)));
         assert!(
             grid.windows(2).all(|w| w[0].epochs <= w[1].epochs),
             "cheapest first"
@@ -923,7 +1126,7 @@ mod tests {
         assert_eq!(seeds(&h.pc, h.pc_epochs), h.seeds);
         assert_eq!(seeds(&h.pc, 10.0), 1);
         // A tuning run at the chosen value is the grid run at that budget (done once).
-        let tune = tuning_runs(s, &plan(1)).unwrap();
+        let tune = tuning_runs(s, &lr, &plan(1)).unwrap();
         let t = tune
             .iter()
             .find(|r| r.weight_decay == 5e-4 && r.run.role == Role::Pc)
