@@ -384,6 +384,43 @@ fn every_bad_request_is_a_4xx_and_the_server_stays_live() {
     assert!(r.error().contains("limit"), "{}", r.error());
     srv.assert_live("a body over the limit");
 
+    // A body over the limit with no Content-Length (chunked): refused while it is read, with
+    // 413 rather than a hang or a 500. The client keeps sending until the server stops reading.
+    let mut s = TcpStream::connect(&srv.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST {infer} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut w = s.try_clone().unwrap();
+    let start = Instant::now();
+    let sender = std::thread::spawn(move || {
+        let chunk = vec![b' '; 64 << 10];
+        // 40 chunks of 64 KiB: 2.5 MiB against the 1 MiB limit.
+        for _ in 0..40 {
+            let sent = write!(w, "{:x}\r\n", chunk.len())
+                .and_then(|()| w.write_all(&chunk))
+                .and_then(|()| w.write_all(b"\r\n"));
+            if sent.is_err() {
+                return;
+            }
+        }
+        let _ = w.write_all(b"0\r\n\r\n");
+    });
+    let r = response(&mut s);
+    assert_eq!(r.status, 413, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.error().contains("limit"), "{}", r.error());
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "a chunked body over the limit took {:?}",
+        start.elapsed()
+    );
+    drop(s);
+    sender.join().unwrap();
+    srv.assert_live("a chunked body over the limit");
+
     // A slow-loris body: a byte every 100 ms gets 408 at the 1 s request timeout.
     let mut s = TcpStream::connect(&srv.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
