@@ -1,6 +1,7 @@
 //! `sc-runtime serve` as a process on an ephemeral loopback port, driven by a small HTTP/1.1
 //! client over `TcpStream`: the protocol's endpoints, logits equal to `Classifier`'s own, a 4xx for
-//! each bad request with the server still live after it, batching, and graceful shutdown.
+//! each bad request with the server still live after it (a chunked body over the limit included),
+//! batching, a full queue's 503, and graceful shutdown.
 
 mod common;
 
@@ -10,9 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{png, Tiny};
+use common::{int, ints, model, node, our_metadata, png, tensor, value_info, Tiny, D};
+use prost::Message;
 use sc_runtime::Classifier;
 use serde_json::{json, Value};
+use tract_onnx::pb;
 
 const RGB: [&str; 3] = ["red", "green", "blue"];
 const SIZE: usize = 8;
@@ -26,7 +29,13 @@ struct Server {
 
 impl Server {
     fn start(dir: &Path, args: &[&str]) -> Server {
-        let model = Tiny::ours(3, SIZE, &RGB).write(dir, "model.onnx");
+        Server::start_with(dir, &Tiny::ours(3, SIZE, &RGB).bytes(), args)
+    }
+
+    /// The server on the ONNX model `onnx` (written as `model.onnx`, served as `model`).
+    fn start_with(dir: &Path, onnx: &[u8], args: &[&str]) -> Server {
+        let model = dir.join("model.onnx");
+        std::fs::write(&model, onnx).unwrap();
         let stderr = dir.join(format!("stderr-{}.txt", args.join("_").replace('/', "")));
         let mut child = Command::new(env!("CARGO_BIN_EXE_sc-runtime"))
             .args(["serve", "--port", "0", "--threads", "2"])
@@ -511,6 +520,151 @@ fn concurrent_requests_are_batched_with_their_own_results() {
         value("sc_batch_size_bucket{model=\"model\",le=\"1\"}") < runs,
         "{metrics}"
     );
+}
+
+#[test]
+fn a_full_queue_answers_503_and_the_server_carries_on() {
+    // The smallest queue and batch the CLI allows, and a model slow enough (a 1x1 convolution
+    // from 256 channels to 256 over 32x32 pixels: ~67 M multiply-adds a run, against a 12 KiB
+    // request) that the worker is still busy with one request when the next ones come: a burst
+    // of requests, each written whole before the next, arrives much faster than the worker takes
+    // them, so all but the one running and the one queued are refused. Bursts are repeated (a
+    // few at most) only in case a loaded machine spread one out.
+    const C: usize = 3;
+    const S: usize = 32;
+    const W: i64 = 256;
+    let graph = pb::GraphProto {
+        name: "wide".into(),
+        node: vec![
+            node(
+                "Conv",
+                &["image", "w1", "b1"],
+                "x1",
+                vec![ints("kernel_shape", &[1, 1])],
+            ),
+            node("Relu", &["x1"], "x2", vec![]),
+            node(
+                "Conv",
+                &["x2", "w2", "b2"],
+                "x3",
+                vec![ints("kernel_shape", &[1, 1])],
+            ),
+            node(
+                "ReduceMean",
+                &["x3"],
+                "x4",
+                vec![ints("axes", &[2, 3]), int("keepdims", 0)],
+            ),
+            node("Gemm", &["x4", "fc.w", "fc.b"], "logits", vec![]),
+        ],
+        initializer: vec![
+            tensor("w1", &[W, C as i64, 1, 1], &vec![0.01; W as usize * C]),
+            tensor("b1", &[W], &vec![0.0; W as usize]),
+            tensor("w2", &[W, W, 1, 1], &vec![0.001; (W * W) as usize]),
+            tensor("b2", &[W], &vec![0.0; W as usize]),
+            tensor("fc.w", &[W, 3], &vec![0.1; W as usize * 3]),
+            tensor("fc.b", &[3], &[0.0, 1.0, 2.0]),
+        ],
+        input: vec![value_info(
+            "image",
+            &[D::P("batch"), D::N(3), D::N(S as i64), D::N(S as i64)],
+        )],
+        output: vec![value_info("logits", &[D::P("batch"), D::N(3)])],
+        ..Default::default()
+    };
+    let onnx = model(graph, &our_metadata(C, S, &RGB)).encode_to_vec();
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start_with(
+        dir.path(),
+        &onnx,
+        &[
+            "--max-batch",
+            "1",
+            "--max-queue",
+            "1",
+            "--max-body-mb",
+            "4",
+            "--timeout-ms",
+            "60000",
+        ],
+    );
+    let data: Vec<f32> = (0..C * S * S).map(|i| (i % 97) as f32 / 97.0).collect();
+    let header = json!({
+        "inputs": [{"name": "image", "shape": [1, C, S, S], "datatype": "FP32",
+                    "parameters": {"binary_data_size": data.len() * 4}}],
+    })
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    body.extend(data.iter().flat_map(|v| v.to_le_bytes()));
+    let head = format!(
+        "POST /v2/models/model/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Content-Length: {}\r\nInference-Header-Content-Length: {}\r\n\r\n",
+        body.len(),
+        header.len()
+    );
+    let burst = 12;
+    let mut refused = 0;
+    let mut answered = 0;
+    for round in 0..4 {
+        let mut conns: Vec<TcpStream> = (0..burst)
+            .map(|_| {
+                let s = TcpStream::connect(&srv.addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                s.set_write_timeout(Some(Duration::from_secs(60))).unwrap();
+                s
+            })
+            .collect();
+        for s in &mut conns {
+            s.write_all(head.as_bytes()).unwrap();
+            s.write_all(&body).unwrap();
+        }
+        for s in &mut conns {
+            let r = response(s);
+            match r.status {
+                200 => {
+                    assert_eq!(r.json()["outputs"][0]["shape"], json!([1, 3]));
+                    answered += 1;
+                }
+                503 => {
+                    assert!(
+                        r.error().contains("queue is full"),
+                        "503 for another reason: {:?}",
+                        r.error()
+                    );
+                    refused += 1;
+                }
+                other => panic!(
+                    "round {round}: {other} is neither 200 nor 503: {}",
+                    String::from_utf8_lossy(&r.body)
+                ),
+            }
+        }
+        eprintln!("round {round}: {answered} answered, {refused} refused so far");
+        if refused > 0 {
+            break;
+        }
+    }
+    assert!(refused > 0, "no 503 in {answered} answers");
+    assert!(answered > 0, "every request refused");
+
+    // The server carries on: the next request (the queue is empty again) runs.
+    srv.assert_live("a full queue");
+    let r = srv.request(
+        "POST",
+        "/v2/models/model/infer",
+        &[("Inference-Header-Content-Length", &header.len().to_string())],
+        &body,
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let metrics = String::from_utf8(srv.get("/metrics").body).unwrap();
+    for needle in [
+        format!("sc_requests_total{{endpoint=\"infer\",code=\"503\"}} {refused}"),
+        "sc_queue_depth{model=\"model\"} 0".to_string(),
+    ] {
+        assert!(metrics.contains(&needle), "{needle} not in\n{metrics}");
+    }
+    let stderr = read(&srv.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]
