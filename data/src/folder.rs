@@ -465,7 +465,7 @@ fn decode_all(
                     }
                     drop(slot);
                     let d = done.fetch_add(1, Ordering::Relaxed) + 1;
-                    if d % 256 == 0 || d == n {
+                    if d.is_multiple_of(256) || d == n {
                         progress(d, n);
                     }
                 });

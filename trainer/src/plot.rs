@@ -241,13 +241,16 @@ pub fn accuracy_plot(path: &Path, title: &str, series: &[Series]) -> anyhow::Res
     Ok(())
 }
 
+/// One schedule's points for [`budget_plot`]: its label and (epochs, mean accuracy, std).
+pub type BudgetSeries = (String, Vec<(f64, f64, f64)>);
+
 /// Final validation accuracy against the training budget (epochs, log axis), one line per
 /// schedule with a point (and a ± std bar when seeds differ) per budget, and the target as a
 /// horizontal line. `series`: (label, [(epochs, mean accuracy, std)]).
 pub fn budget_plot(
     path: &Path,
     title: &str,
-    series: &[(String, Vec<(f64, f64, f64)>)],
+    series: &[BudgetSeries],
     target: Option<(f64, &str)>,
 ) -> anyhow::Result<()> {
     let pts = || series.iter().flat_map(|s| s.1.iter());

@@ -774,7 +774,7 @@ fn build_report(
     let sp = speedups(scale, &pts);
     let verdicts = verdicts(scale, &pts, &sp);
     let mut plots = Vec::new();
-    let series: Vec<(String, Vec<(f64, f64, f64)>)> = scale
+    let series: Vec<crate::plot::BudgetSeries> = scale
         .schedules
         .iter()
         .map(|s| {
