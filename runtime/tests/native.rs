@@ -1,7 +1,9 @@
 //! The native executor (sc-kernels convolutions) against tract on graphs shaped like PyTorch's
-//! CIFAR ResNet exports: Conv with bias, ReLU, the option-A shortcut as Slice + Pad, Add,
-//! GlobalAveragePool, Flatten, Gemm; and our own exports' BatchNormalization, Sub/Div and
-//! ReduceMean. Also: what it does not take falls back to tract, with the reason.
+//! CIFAR ResNet exports: Conv with bias, ReLU, the option-A shortcut as Slice + Pad (also with
+//! the pad amounts computed by a constant subgraph, and as zeros shaped from `Shape` concatenated
+//! along the channels, as PyTorch writes them), Add, GlobalAveragePool, Flatten, Gemm; and our own
+//! exports' BatchNormalization, Sub/Div and ReduceMean. Also: what it does not take falls back to
+//! tract, with the reason.
 
 mod common;
 
@@ -32,11 +34,107 @@ fn i64s(name: &str, v: &[i64]) -> pb::TensorProto {
     }
 }
 
+/// A `Constant` node holding `t`.
+fn constant(name: &str, t: pb::TensorProto) -> pb::NodeProto {
+    let value = pb::AttributeProto {
+        name: "value".into(),
+        r#type: pb::attribute_proto::AttributeType::Tensor as i32,
+        t: Some(t),
+        ..Default::default()
+    };
+    node("Constant", &[], name, vec![value])
+}
+
+/// How the option-A shortcut pads 8 channels to 16 (4 zero channels each side).
+#[derive(Clone, Copy, Debug)]
+enum Shortcut {
+    /// `Pad` by constant amounts, as our exporter writes it.
+    Pad,
+    /// `Pad` by amounts computed from constants, as PyTorch writes `F.pad(x, (0, 0, 0, 0, 4, 4))`:
+    /// ConstantOfShape, Concat, Reshape, Slice (step -1), Transpose, Reshape, Cast.
+    TorchPad,
+    /// Zeros for every image concatenated along the channels, shaped from the batch size:
+    /// Shape, Gather, Unsqueeze, Slice, Concat, ConstantOfShape, Concat (`torch.cat` with
+    /// `torch.zeros(x.size(0), ...)` under a dynamic batch axis).
+    Concat,
+    /// As `Concat`, but ones instead of zeros: not a padding, so left to tract.
+    ConcatOnes,
+}
+
+/// The shortcut `shortcut` of `x` into `y`.
+fn shortcut_nodes(shortcut: Shortcut, x: &str, y: &str) -> Vec<pb::NodeProto> {
+    let i64t = |name: &str, dims: &[i64], v: &[i64]| pb::TensorProto {
+        dims: dims.to_vec(),
+        ..i64s(name, v)
+    };
+    match shortcut {
+        Shortcut::Pad => vec![node("Pad", &[x, "pads"], y, vec![])],
+        Shortcut::TorchPad => vec![
+            constant("k2", i64s("", &[2])),
+            constant("torch_pads", i64s("", &[0, 0, 0, 0, 4, 4])),
+            node(
+                "ConstantOfShape",
+                &["k2"],
+                "z2",
+                vec![pb::AttributeProto {
+                    name: "value".into(),
+                    r#type: pb::attribute_proto::AttributeType::Tensor as i32,
+                    t: Some(i64s("", &[0])),
+                    ..Default::default()
+                }],
+            ),
+            node("Concat", &["torch_pads", "z2"], "p8", vec![int("axis", 0)]),
+            constant("pairs", i64s("", &[-1, 2])),
+            node("Reshape", &["p8", "pairs"], "p4x2", vec![]),
+            constant("m1", i64s("", &[-1])),
+            constant("lowest", i64s("", &[-i64::MAX])),
+            constant("ax0", i64s("", &[0])),
+            node(
+                "Slice",
+                &["p4x2", "m1", "lowest", "ax0", "m1"],
+                "rev",
+                vec![],
+            ),
+            node("Transpose", &["rev"], "tr", vec![ints("perm", &[1, 0])]),
+            node("Reshape", &["tr", "m1"], "flat_pads", vec![]),
+            node("Cast", &["flat_pads"], "cast_pads", vec![int("to", 7)]),
+            node("Pad", &[x, "cast_pads"], y, vec![]),
+        ],
+        Shortcut::Concat | Shortcut::ConcatOnes => vec![
+            node("Shape", &[x], "shp", vec![]),
+            constant("zero", i64t("", &[], &[0])),
+            node("Gather", &["shp", "zero"], "n", vec![int("axis", 0)]),
+            constant("ax0", i64s("", &[0])),
+            node("Unsqueeze", &["n", "ax0"], "n1", vec![]),
+            constant("four", i64s("", &[4])),
+            constant("two", i64s("", &[2])),
+            constant("end", i64s("", &[i64::MAX])),
+            node("Slice", &["shp", "two", "end"], "hw", vec![]),
+            node(
+                "Concat",
+                &["n1", "four", "hw"],
+                "zshape",
+                vec![int("axis", 0)],
+            ),
+            node("ConstantOfShape", &["zshape"], "zeros", {
+                let one = matches!(shortcut, Shortcut::ConcatOnes);
+                vec![pb::AttributeProto {
+                    name: "value".into(),
+                    r#type: pb::attribute_proto::AttributeType::Tensor as i32,
+                    t: Some(tensor("", &[1], &[if one { 1.0 } else { 0.0 }])),
+                    ..Default::default()
+                }]
+            }),
+            node("Concat", &["zeros", x, "zeros"], y, vec![int("axis", 1)]),
+        ],
+    }
+}
+
 /// A small residual network, 3x12x12 -> 5 classes: stem Conv3x3(3->8, bias) Relu; block
 /// Conv3x3 s2 (8->16, bias) Relu Conv3x3 (16->16) [BN] plus the shortcut Slice(::2, ::2)
-/// Pad(channels 4+4), Add, Relu; GlobalAveragePool, Flatten, Gemm. `extra` inserts one more
-/// node after the stem (an op the native executor may not take).
-fn resnet_like(bn: bool, normalize: bool, extra: Option<&str>) -> Vec<u8> {
+/// Pad(channels 4+4) (written as `shortcut`), Add, Relu; GlobalAveragePool, Flatten, Gemm.
+/// `extra` inserts one more node after the stem (an op the native executor may not take).
+fn resnet_like(bn: bool, normalize: bool, extra: Option<&str>, shortcut: Shortcut) -> Vec<u8> {
     let mut nodes = Vec::new();
     let mut init = vec![
         tensor("w0", &[8, 3, 3, 3], &field(8 * 27, 1)),
@@ -120,7 +218,7 @@ fn resnet_like(bn: bool, normalize: bool, extra: Option<&str>) -> Vec<u8> {
         "s0",
         vec![],
     ));
-    nodes.push(node("Pad", &["s0", "pads"], "p0", vec![]));
+    nodes.extend(shortcut_nodes(shortcut, "s0", "p0"));
     nodes.push(node("Add", &[&main, "p0"], "a0", vec![]));
     nodes.push(node("Relu", &["a0"], "r2", vec![]));
     nodes.push(node("GlobalAveragePool", &["r2"], "gap", vec![]));
@@ -170,8 +268,14 @@ fn assert_agree(a: &[Vec<f32>], b: &[Vec<f32>], what: &str) {
 #[test]
 fn resnet_like_graphs_run_natively_and_agree_with_tract() {
     let input = field(4 * 3 * 12 * 12, 99);
-    for (bn, normalize) in [(false, false), (true, false), (true, true)] {
-        let bytes = resnet_like(bn, normalize, None);
+    for (bn, normalize, shortcut) in [
+        (false, false, Shortcut::Pad),
+        (true, false, Shortcut::Pad),
+        (true, true, Shortcut::Pad),
+        (true, false, Shortcut::TorchPad),
+        (false, true, Shortcut::Concat),
+    ] {
+        let bytes = resnet_like(bn, normalize, None, shortcut);
         // The timed choice at load may go either way on these small graphs; the native graph
         // must exist (compiled and agreed with tract), and the note says why the choice was made.
         let auto = load(&bytes);
@@ -189,7 +293,7 @@ fn resnet_like_graphs_run_natively_and_agree_with_tract() {
         let tract = load(&bytes).with_tract();
         assert!(tract.executor().starts_with("tract"));
         let want = tract.logits_for_input(&input).unwrap();
-        let tag = format!("bn {bn}, normalize {normalize}");
+        let tag = format!("bn {bn}, normalize {normalize}, shortcut {shortcut:?}");
         assert_agree(&native.logits_for_input(&input).unwrap(), &want, &tag);
         // One request on two threads: each convolution split over a thread team.
         let two = load(&bytes).with_native().unwrap().with_threads(2);
@@ -202,7 +306,7 @@ fn resnet_like_graphs_run_natively_and_agree_with_tract() {
 
 #[test]
 fn other_operations_fall_back_to_tract_with_the_reason() {
-    let bytes = resnet_like(true, false, Some("Sigmoid"));
+    let bytes = resnet_like(true, false, Some("Sigmoid"), Shortcut::Pad);
     let clf = load(&bytes);
     assert!(
         clf.executor().starts_with("tract") && clf.executor().contains("Sigmoid"),
@@ -218,4 +322,17 @@ fn other_operations_fall_back_to_tract_with_the_reason() {
         .expect("no native graph")
         .to_string();
     assert!(err.contains("Sigmoid"), "{err}");
+}
+
+#[test]
+fn batch_dependent_values_other_than_zero_padding_fall_back_to_tract() {
+    let bytes = resnet_like(false, false, None, Shortcut::ConcatOnes);
+    let clf = load(&bytes);
+    assert!(
+        clf.executor().starts_with("tract") && clf.executor().contains("ConstantOfShape"),
+        "{}",
+        clf.executor()
+    );
+    let input = field(2 * 432, 5);
+    assert_eq!(clf.logits_for_input(&input).unwrap().len(), 2);
 }

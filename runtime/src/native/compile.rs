@@ -16,6 +16,14 @@ type Compile = fn(&mut Builder, &pb::NodeProto) -> Result<(), Unsupported>;
 /// The operations the native executor takes, by ONNX op type.
 const OPS: &[(&str, Compile)] = &[
     ("Constant", Builder::constant),
+    ("Shape", Builder::shape),
+    ("Gather", Builder::gather),
+    ("Unsqueeze", Builder::unsqueeze),
+    ("Squeeze", Builder::squeeze),
+    ("Concat", Builder::concat),
+    ("ConstantOfShape", Builder::constant_of_shape),
+    ("Cast", Builder::cast),
+    ("Transpose", Builder::transpose),
     ("Identity", Builder::identity),
     ("Dropout", Builder::identity),
     ("Conv", Builder::conv),
@@ -35,15 +43,18 @@ const OPS: &[(&str, Compile)] = &[
     ("MatMul", Builder::dense),
 ];
 
-/// A constant tensor: dims and values (floats, or integers as i64).
+/// A constant tensor: dims and values (floats, or integers as i64). An integer tensor computed
+/// from `Shape` may hold the batch size, which is not known when compiling: `batch` marks those
+/// entries (their `i` is a placeholder), and is empty when there are none.
 #[derive(Clone)]
-struct Const {
-    dims: Vec<usize>,
-    f: Vec<f32>,
-    i: Vec<i64>,
+pub(super) struct Const {
+    pub(super) dims: Vec<usize>,
+    pub(super) f: Vec<f32>,
+    pub(super) i: Vec<i64>,
+    pub(super) batch: Vec<bool>,
 }
 
-fn read_tensor(t: &pb::TensorProto) -> Result<Const, Unsupported> {
+pub(super) fn read_tensor(t: &pb::TensorProto) -> Result<Const, Unsupported> {
     use pb::tensor_proto::DataType;
     if t.data_location == Some(pb::tensor_proto::DataLocation::External as i32) {
         return Err(format!("`{}` keeps its data in an external file", t.name));
@@ -73,7 +84,12 @@ fn read_tensor(t: &pb::TensorProto) -> Result<Const, Unsupported> {
             f.len().max(i.len())
         ));
     }
-    Ok(Const { dims, f, i })
+    Ok(Const {
+        dims,
+        f,
+        i,
+        batch: Vec::new(),
+    })
 }
 
 /// A tensor's values: its typed field when that is set, else its raw data read as little-endian
@@ -92,15 +108,15 @@ fn decode<'a, T: Clone, const W: usize>(
         .collect())
 }
 
-fn attr<'a>(node: &'a pb::NodeProto, name: &str) -> Option<&'a pb::AttributeProto> {
+pub(super) fn attr<'a>(node: &'a pb::NodeProto, name: &str) -> Option<&'a pb::AttributeProto> {
     node.attribute.iter().find(|a| a.name == name)
 }
 
-fn attr_int(node: &pb::NodeProto, name: &str, default: i64) -> i64 {
+pub(super) fn attr_int(node: &pb::NodeProto, name: &str, default: i64) -> i64 {
     attr(node, name).map_or(default, |a| a.i)
 }
 
-fn attr_ints(node: &pb::NodeProto, name: &str) -> Option<Vec<i64>> {
+pub(super) fn attr_ints(node: &pb::NodeProto, name: &str) -> Option<Vec<i64>> {
     attr(node, name).map(|a| a.ints.clone())
 }
 
@@ -108,25 +124,35 @@ fn attr_float(node: &pb::NodeProto, name: &str, default: f32) -> f32 {
     attr(node, name).map_or(default, |a| a.f)
 }
 /// The node's first output (empty when it has none).
-fn output(node: &pb::NodeProto) -> String {
+pub(super) fn output(node: &pb::NodeProto) -> String {
     node.output.first().cloned().unwrap_or_default()
 }
 
 /// The node's `i`-th input (empty when absent).
-fn input(node: &pb::NodeProto, i: usize) -> &str {
+pub(super) fn input(node: &pb::NodeProto, i: usize) -> &str {
     node.input.get(i).map(String::as_str).unwrap_or("")
 }
 
-struct Builder {
-    consts: HashMap<String, Const>,
-    ids: HashMap<String, usize>,
-    shapes: Vec<Vec<usize>>,
-    steps: Vec<Step>,
+pub(super) struct Builder {
+    /// Constants, and what folding made of them.
+    pub(super) consts: HashMap<String, Const>,
+    pub(super) ids: HashMap<String, usize>,
+    /// Zeros of a per-image shape for every image of the batch (`ConstantOfShape` of a shape
+    /// holding the batch size): no step, only `Concat` with a computed value takes them.
+    pub(super) zeros: HashMap<String, Vec<usize>>,
+    pub(super) shapes: Vec<Vec<usize>>,
+    pub(super) steps: Vec<Step>,
 }
 
 impl Builder {
-    fn value(&self, name: &str, node: &pb::NodeProto) -> Result<usize, Unsupported> {
+    pub(super) fn value(&self, name: &str, node: &pb::NodeProto) -> Result<usize, Unsupported> {
         self.ids.get(name).copied().ok_or_else(|| {
+            if self.zeros.contains_key(name) {
+                return format!(
+                    "{} `{}` reads `{name}`, zeros for every image of the batch, which only Concat with a computed value takes",
+                    node.op_type, node.name
+                );
+            }
             format!(
                 "{} `{}` reads `{name}`, which is neither a computed value nor supported as a constant there",
                 node.op_type, node.name
@@ -140,7 +166,12 @@ impl Builder {
         Ok((x, self.shapes[x].clone()))
     }
 
-    fn konst(&self, name: &str, node: &pb::NodeProto) -> Result<&Const, Unsupported> {
+    /// A constant that may hold the batch size (see [`Const::batch`]).
+    pub(super) fn shape_konst(
+        &self,
+        name: &str,
+        node: &pb::NodeProto,
+    ) -> Result<&Const, Unsupported> {
         self.consts.get(name).ok_or_else(|| {
             format!(
                 "{} `{}`: `{name}` is not a constant",
@@ -149,9 +180,25 @@ impl Builder {
         })
     }
 
+    /// A constant that does not depend on the batch size.
+    pub(super) fn konst(&self, name: &str, node: &pb::NodeProto) -> Result<&Const, Unsupported> {
+        let k = self.shape_konst(name, node)?;
+        if k.batch.contains(&true) {
+            return Err(format!(
+                "{} `{}`: `{name}` depends on the batch size",
+                node.op_type, node.name
+            ));
+        }
+        Ok(k)
+    }
+
     /// A new computed value; refuses one larger than the runtime accepts for an input (tract
     /// then decides what to do with the graph).
-    fn new_value(&mut self, name: &str, shape: Vec<usize>) -> Result<usize, Unsupported> {
+    pub(super) fn new_value(
+        &mut self,
+        name: &str,
+        shape: Vec<usize>,
+    ) -> Result<usize, Unsupported> {
         let size = shape
             .iter()
             .try_fold(1usize, |a, &d| a.checked_mul(d))
@@ -166,7 +213,7 @@ impl Builder {
     }
 
     /// Adds the step `make(y)`, whose value `y` is the node's output with per-image `shape`.
-    fn emit(
+    pub(super) fn emit(
         &mut self,
         node: &pb::NodeProto,
         shape: Vec<usize>,
@@ -405,8 +452,11 @@ impl Builder {
         )
     }
 
-    /// A slice with positive steps (the batch axis whole).
+    /// A slice with positive steps (the batch axis whole), or of a constant.
     fn slice(&mut self, node: &pb::NodeProto) -> Result<(), Unsupported> {
+        if self.consts.contains_key(input(node, 0)) {
+            return self.fold_slice(node);
+        }
         let (x, s) = self.operand(node)?;
         if s.len() != 3 {
             return Err(format!(
@@ -495,19 +545,31 @@ impl Builder {
         self.emit(node, shape, |y| Step::Mean { x, y })
     }
 
-    /// Flattening to `[batch, features]`.
+    /// Flattening to `[batch, features]`, or a constant reshaped.
     fn flatten(&mut self, node: &pb::NodeProto) -> Result<(), Unsupported> {
         let op = node.op_type.as_str();
+        if op == "Reshape" && self.consts.contains_key(input(node, 0)) {
+            return self.fold_reshape(node);
+        }
         let (x, s) = self.operand(node)?;
         let total: usize = s.iter().product();
         if op == "Flatten" && attr_int(node, "axis", 1) != 1 {
             return Err(format!("Flatten `{}` at axis != 1", node.name));
         }
         if op == "Reshape" {
-            let t = self.konst(input(node, 1), node)?.i.clone();
+            // The target's first entry may be the batch size itself (`x.view(x.size(0), -1)`).
+            let k = self.shape_konst(input(node, 1), node)?;
+            let batch = |j: usize| k.batch.get(j).copied().unwrap_or(false);
+            let t = k.i.clone();
+            let first = if batch(0) {
+                0
+            } else {
+                t.first().copied().unwrap_or(1)
+            };
             let ok = t.len() == 2
-                && matches!(t[0], 0 | -1)
-                && (t[1] == total as i64 || (t[1] == -1 && t[0] == 0));
+                && !batch(1)
+                && matches!(first, 0 | -1)
+                && (t[1] == total as i64 || (t[1] == -1 && first == 0));
             if !ok {
                 return Err(format!("Reshape `{}` to {t:?}", node.name));
             }
@@ -579,6 +641,7 @@ impl Graph {
         let mut b = Builder {
             consts: HashMap::new(),
             ids: HashMap::new(),
+            zeros: HashMap::new(),
             shapes: Vec::new(),
             steps: Vec::new(),
         };

@@ -9,16 +9,22 @@
 //! symmetric padding, no groups or dilation, optional bias), `BatchNormalization` (inference form),
 //! `Relu`, `Add`, `Sub`/`Mul`/`Div` by a per-channel or scalar constant, `Pad` (zeros),
 //! `Slice` (positive steps), `GlobalAveragePool`, `ReduceMean` over H and W, `Flatten`, `Reshape`
-//! (to `[batch, features]`), `Gemm`/`MatMul` by constant weights, `Identity`, `Dropout`, `Constant`.
+//! (to `[batch, features]`), `Gemm`/`MatMul` by constant weights, `Identity`, `Dropout`, `Constant`;
+//! `Concat` of a value with zeros for every image along the channels (as `Pad`).
+//!
+//! Shape subgraphs are folded at compile time (`fold.rs`): `Shape`, `Gather`, `Unsqueeze`,
+//! `Squeeze`, `Concat`, `ConstantOfShape`, `Cast`, `Transpose`, `Reshape` and `Slice` of constants
+//! become constants, the batch size (unknown when compiling) marked where `Shape` put it.
 //!
 //! Compilation folds BatchNorm into the preceding convolution's weights and bias, and a ReLU into the
 //! operation before it, when nothing else reads the intermediate value.
 //!
 //! The module is split by job: `graph.rs` holds the step representation, `compile.rs` turns ONNX
-//! nodes into steps (one function per operation, found in a table), `fuse.rs` folds steps into
-//! their neighbours and `run.rs` executes them.
+//! nodes into steps (one function per operation, found in a table), `fold.rs` evaluates the
+//! operations on constants, `fuse.rs` folds steps into their neighbours and `run.rs` executes them.
 
 mod compile;
+mod fold;
 mod fuse;
 mod graph;
 mod run;
