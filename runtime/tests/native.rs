@@ -55,7 +55,8 @@ enum Shortcut {
     TorchPad,
     /// Zeros for every image concatenated along the channels, shaped from the batch size:
     /// Shape, Gather, Unsqueeze, Slice, Concat, ConstantOfShape, Concat (`torch.cat` with
-    /// `torch.zeros(x.size(0), ...)` under a dynamic batch axis).
+    /// `torch.zeros(x.size(0), ...)` under a dynamic batch axis); the classifier's flatten is then
+    /// `Reshape` to `[x.size(0), -1]` too.
     Concat,
     /// As `Concat`, but ones instead of zeros: not a padding, so left to tract.
     ConcatOnes,
@@ -222,7 +223,27 @@ fn resnet_like(bn: bool, normalize: bool, extra: Option<&str>, shortcut: Shortcu
     nodes.push(node("Add", &[&main, "p0"], "a0", vec![]));
     nodes.push(node("Relu", &["a0"], "r2", vec![]));
     nodes.push(node("GlobalAveragePool", &["r2"], "gap", vec![]));
-    nodes.push(node("Flatten", &["gap"], "flat", vec![int("axis", 1)]));
+    if let Shortcut::Concat | Shortcut::ConcatOnes = shortcut {
+        // PyTorch's `x.view(x.size(0), -1)`, reusing the shortcut's constants `zero` and `ax0`.
+        nodes.push(node("Shape", &["gap"], "gap_shape", vec![]));
+        nodes.push(node(
+            "Gather",
+            &["gap_shape", "zero"],
+            "n2",
+            vec![int("axis", 0)],
+        ));
+        nodes.push(node("Unsqueeze", &["n2", "ax0"], "n2u", vec![]));
+        nodes.push(constant("rest", i64s("", &[-1])));
+        nodes.push(node(
+            "Concat",
+            &["n2u", "rest"],
+            "flat_shape",
+            vec![int("axis", 0)],
+        ));
+        nodes.push(node("Reshape", &["gap", "flat_shape"], "flat", vec![]));
+    } else {
+        nodes.push(node("Flatten", &["gap"], "flat", vec![int("axis", 1)]));
+    }
     nodes.push(node(
         "Gemm",
         &["flat", "fc.w", "fc.b"],

@@ -530,3 +530,127 @@ impl Builder {
         self.fold(node, k)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn ints(dims: &[usize], i: &[i64]) -> Const {
+        Const {
+            dims: dims.to_vec(),
+            f: Vec::new(),
+            i: i.to_vec(),
+            batch: Vec::new(),
+        }
+    }
+
+    fn builder(consts: &[(&str, Const)]) -> Builder {
+        Builder {
+            consts: consts
+                .iter()
+                .map(|(n, k)| (n.to_string(), k.clone()))
+                .collect(),
+            ids: HashMap::new(),
+            zeros: HashMap::new(),
+            shapes: Vec::new(),
+            steps: Vec::new(),
+        }
+    }
+
+    fn node(op: &str, inputs: &[&str], attribute: Vec<pb::AttributeProto>) -> pb::NodeProto {
+        pb::NodeProto {
+            op_type: op.into(),
+            name: op.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec!["y".into()],
+            attribute,
+            ..Default::default()
+        }
+    }
+
+    fn attr_i(name: &str, i: i64) -> pb::AttributeProto {
+        pb::AttributeProto {
+            name: name.into(),
+            i,
+            ..Default::default()
+        }
+    }
+
+    fn attr_is(name: &str, ints: &[i64]) -> pb::AttributeProto {
+        pb::AttributeProto {
+            name: name.into(),
+            ints: ints.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    /// Slices of `[0, 1, 2, 3, 4, 5]` agree with Python's `list[start:end:step]` (the ONNX rule).
+    #[test]
+    fn slices_of_constants_clamp_as_onnx_says() {
+        let big = i64::MAX;
+        let cases: &[(i64, i64, i64, &[i64])] = &[
+            (-1, -big, -1, &[5, 4, 3, 2, 1, 0]),
+            (4, 1, -2, &[4, 2]),
+            (1, 100, 2, &[1, 3, 5]),
+            (-2, big, 1, &[4, 5]),
+            (3, 3, 1, &[]),
+            (big, 0, -1, &[5, 4, 3, 2, 1]),
+            (-100, 2, 1, &[0, 1]),
+            (5, -big, i64::MIN, &[5]),
+            (0, big, big, &[0]),
+        ];
+        for &(start, end, step, want) in cases {
+            let mut b = builder(&[
+                ("x", ints(&[6], &[0, 1, 2, 3, 4, 5])),
+                ("s", ints(&[1], &[start])),
+                ("e", ints(&[1], &[end])),
+                ("a", ints(&[1], &[0])),
+                ("t", ints(&[1], &[step])),
+            ]);
+            b.fold_slice(&node("Slice", &["x", "s", "e", "a", "t"], vec![]))
+                .unwrap();
+            let y = &b.consts["y"];
+            assert_eq!(
+                (&y.i[..], &y.dims[..]),
+                (want, &[want.len()][..]),
+                "{start}:{end}:{step}"
+            );
+        }
+    }
+
+    #[test]
+    fn gather_transpose_squeeze_move_entries_and_the_batch_mark() {
+        // [[b, 1, 2], [3, 4, 5]] with b the batch size.
+        let mut x = ints(&[2, 3], &[0, 1, 2, 3, 4, 5]);
+        x.batch = vec![true, false, false, false, false, false];
+        let mut b = builder(&[("x", x.clone()), ("j", ints(&[2], &[-1, 0]))]);
+        b.gather(&node("Gather", &["x", "j"], vec![attr_i("axis", 1)]))
+            .unwrap();
+        let y = &b.consts["y"];
+        assert_eq!((&y.dims[..], &y.i[..]), (&[2, 2][..], &[2, 0, 5, 3][..]));
+        assert_eq!(y.batch, [false, true, false, false]);
+
+        let mut b = builder(&[("x", x.clone())]);
+        b.transpose(&node("Transpose", &["x"], vec![attr_is("perm", &[1, 0])]))
+            .unwrap();
+        let y = &b.consts["y"];
+        assert_eq!(
+            (&y.dims[..], &y.i[..]),
+            (&[3, 2][..], &[0, 3, 1, 4, 2, 5][..])
+        );
+        assert!(y.batch[0]);
+
+        let mut b = builder(&[("x", ints(&[1, 3, 1], &[7, 8, 9]))]);
+        b.squeeze(&node("Squeeze", &["x"], vec![])).unwrap();
+        assert_eq!(b.consts["y"].dims, [3]);
+        // A batch-dependent constant is refused where a plain one is needed.
+        let mut b = builder(&[("x", x), ("s", ints(&[1], &[0]))]);
+        let err = b
+            .fold_reshape(&node("Reshape", &["s", "x"], vec![]))
+            .err()
+            .unwrap();
+        assert!(err.contains("depends on the batch size"), "{err}");
+    }
+}
