@@ -41,7 +41,9 @@ acc() { python3 -c 'import json,sys; print(round(100*json.load(open(sys.argv[1])
 
 echo "== training images/s, ResNet-20, batch 128, $iters iterations, $rounds rounds alternated"
 for r in $(seq 1 "$rounds"); do
-    for side in binary folder; do
+    order="binary folder"
+    [ $((r % 2)) = 0 ] && order="folder binary"   # ABBA: a drifting machine favours neither side
+    for side in $order; do
         data=$cifar
         [ "$side" = folder ] && data=$folder
         rm -rf "$work/runs/tp-$side-$r"
