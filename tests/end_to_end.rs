@@ -8,22 +8,11 @@ use sc_runtime::Classifier;
 use sc_trainer::run_dir::read_run_info;
 use sc_trainer::train::{fit, FitOptions, Net};
 
+mod common;
+
 /// CIFAR-10 records whose class is a colour (with noise), so a tiny net learns them quickly.
 fn cifar_dir(dir: &Path) {
-    let record = |i: usize| -> (u8, Vec<u8>) {
-        let c = (i % 10) as u8;
-        let mut px = vec![0u8; 3072];
-        for (k, p) in px.iter_mut().enumerate() {
-            let ch = k / 1024;
-            let base = [
-                c as usize * 20,
-                200 - c as usize * 20,
-                (c as usize * 70) % 200,
-            ][ch] as u8;
-            *p = base + ((i * 31 + k * 17) % 50) as u8;
-        }
-        (c, px)
-    };
+    let record = common::cifar_record;
     for b in 1..=5 {
         let recs: Vec<_> = (0..60).map(|i| record(i + 60 * b)).collect();
         write::cifar10(&dir.join(format!("data_batch_{b}.bin")), &recs).unwrap();

@@ -10,34 +10,10 @@ use sc_runtime::data::{write, Dataset, Split};
 use sc_runtime::Classifier;
 use sc_trainer::train::{fit, FitOptions};
 
-const CLASSES: [&str; 10] = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-];
+mod common;
+use common::cifar_record as record;
 
-/// A CIFAR-10 record whose class is a colour (with noise), so a tiny net learns it quickly.
-fn record(i: usize) -> (u8, Vec<u8>) {
-    let c = (i % 10) as u8;
-    let mut px = vec![0u8; 3072];
-    for (k, p) in px.iter_mut().enumerate() {
-        let ch = k / 1024;
-        let base = [
-            c as usize * 20,
-            200 - c as usize * 20,
-            (c as usize * 70) % 200,
-        ][ch] as u8;
-        *p = base + ((i * 31 + k * 17) % 50) as u8;
-    }
-    (c, px)
-}
+use sc_runtime::data::CIFAR10_CLASSES as CLASSES;
 
 fn to_rgb(px: &[u8]) -> RgbImage {
     RgbImage::from_fn(32, 32, |x, y| {

@@ -172,6 +172,22 @@ pub fn lr_find_plot(path: &Path, r: &LrFindReport, log_x: bool) -> anyhow::Resul
     Ok(())
 }
 
+/// The series' legend in the lower right corner, on a translucent white box.
+fn legend_lower_right<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)
+}
+
 /// One curve of a comparison: validation accuracy and LR against iteration.
 pub struct Series {
     pub label: String,
@@ -227,13 +243,7 @@ pub fn accuracy_plot(path: &Path, title: &str, series: &[Series]) -> anyhow::Res
             ))
             .map_err(err)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
+    legend_lower_right(&mut chart)?;
     root.present().map_err(err)?;
     drop(chart);
     drop(root);
@@ -315,13 +325,7 @@ pub fn budget_plot(
             )
             .map_err(err)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
+    legend_lower_right(&mut chart)?;
     root.present().map_err(err)?;
     drop(chart);
     drop(root);
