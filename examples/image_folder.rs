@@ -33,10 +33,7 @@ fn write(cifar: &Path, out: &Path, size: u32, quality: u8, split: Split) -> Resu
     let started = Instant::now();
     for i in 0..ds.len() {
         let px = ds.image(i);
-        let img = image::RgbImage::from_fn(32, 32, |x, y| {
-            let k = (y * 32 + x) as usize;
-            image::Rgb([px[k], px[1024 + k], px[2048 + k]])
-        });
+        let img = sc_runtime::data_images::from_planar(px, 32, 32);
         let img = if size == 32 {
             img
         } else {

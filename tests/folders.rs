@@ -16,10 +16,7 @@ use common::cifar_record as record;
 use sc_runtime::data::CIFAR10_CLASSES as CLASSES;
 
 fn to_rgb(px: &[u8]) -> RgbImage {
-    RgbImage::from_fn(32, 32, |x, y| {
-        let k = (y * 32 + x) as usize;
-        image::Rgb([px[k], px[1024 + k], px[2048 + k]])
-    })
+    sc_runtime::data_images::from_planar(px, 32, 32)
 }
 
 /// Writes records as `dir/<class>/<name>.<ext>`.

@@ -438,32 +438,25 @@ fn decode_all(
         opts.threads
     }
     .clamp(1, n.max(1));
-    let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
     {
-        // Hand out images by an atomic counter; each worker writes only its own images' slots.
-        let slots: Vec<std::sync::Mutex<(&mut [u8], &mut Option<String>)>> = pixels
-            .chunks_mut(per)
-            .zip(errors.iter_mut())
-            .map(std::sync::Mutex::new)
-            .collect();
+        // Workers take the next image (its pixel slot and error slot) from one shared queue;
+        // each writes only the slots it took.
+        let queue =
+            std::sync::Mutex::new(pixels.chunks_mut(per).zip(errors.iter_mut()).enumerate());
         std::thread::scope(|scope| {
             for _ in 0..threads {
                 scope.spawn(|| loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= n {
-                        break;
-                    }
+                    let next = queue.lock().unwrap_or_else(|p| p.into_inner()).next();
+                    let Some((i, (out, error))) = next else { break };
                     let result = std::fs::read(&entries[i].path)
                         .map_err(|e| e.to_string())
                         .and_then(|b| images::decode(&b))
                         .and_then(|img| images::fit_square(&img, s));
-                    let mut slot = slots[i].lock().unwrap_or_else(|p| p.into_inner());
                     match result {
-                        Ok(rgb) => images::to_planar(&rgb, slot.0),
-                        Err(e) => *slot.1 = Some(e),
+                        Ok(rgb) => images::to_planar(&rgb, out),
+                        Err(e) => *error = Some(e),
                     }
-                    drop(slot);
                     let d = done.fetch_add(1, Ordering::Relaxed) + 1;
                     if d.is_multiple_of(256) || d == n {
                         progress(d, n);
@@ -493,16 +486,20 @@ fn decode_all(
             ),
         ));
     }
-    let mut images = Vec::with_capacity((n - bad.len()) * per);
+    // Skipped images leave the buffer in place (no second copy of the decoded pixels).
     let mut labels = Vec::with_capacity(n - bad.len());
     for (i, e) in entries.iter().enumerate() {
         if errors[i].is_none() {
-            images.extend_from_slice(&pixels[i * per..(i + 1) * per]);
+            let to = labels.len();
+            if to != i {
+                pixels.copy_within(i * per..(i + 1) * per, to * per);
+            }
             labels.push(e.label);
         }
     }
+    pixels.truncate(labels.len() * per);
     let ds = Dataset {
-        images,
+        images: pixels,
         labels,
         channels: 3,
         height: s as usize,

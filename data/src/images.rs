@@ -83,6 +83,15 @@ pub fn to_planar(rgb: &RgbImage, out: &mut [u8]) {
     }
 }
 
+/// Planar bytes `[3, H, W]` as an RGB image (the inverse of [`to_planar`]).
+pub fn from_planar(px: &[u8], width: u32, height: u32) -> RgbImage {
+    let plane = (width * height) as usize;
+    RgbImage::from_fn(width, height, |x, y| {
+        let k = (y * width + x) as usize;
+        image::Rgb([px[k], px[plane + k], px[2 * plane + k]])
+    })
+}
+
 /// Whether a file name has one of the [`IMAGE_EXTENSIONS`].
 pub fn has_image_extension(path: &std::path::Path) -> bool {
     path.extension()
@@ -148,5 +157,6 @@ mod tests {
         let mut out = [0u8; 6];
         to_planar(&img, &mut out);
         assert_eq!(out, [0, 1, 10, 11, 20, 21]);
+        assert_eq!(from_planar(&out, 2, 1), img);
     }
 }

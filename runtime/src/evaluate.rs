@@ -91,15 +91,12 @@ impl Classifier {
         }
         ds.class_names = self.classes().to_vec();
         if i.channels == 1 {
-            // Gray models: the cache holds RGB; convert as `predict` does (luma).
-            let plane = i.height * i.width;
-            let mut gray = Vec::with_capacity(ds.len() * plane);
+            // Gray models: the cache holds RGB; convert with the same call `predict` makes.
+            let (w, h) = (i.width as u32, i.height as u32);
+            let mut gray = Vec::with_capacity(ds.len() * i.height * i.width);
             for k in 0..ds.len() {
-                let im = ds.image(k);
-                for p in 0..plane {
-                    let (r, g, b) = (im[p] as u32, im[plane + p] as u32, im[2 * plane + p] as u32);
-                    gray.push(((2126 * r + 7152 * g + 722 * b + 5000) / 10000) as u8);
-                }
+                let rgb = sc_data::images::from_planar(ds.image(k), w, h);
+                gray.extend_from_slice(image::DynamicImage::ImageRgb8(rgb).to_luma8().as_raw());
             }
             ds.images = gray;
             ds.channels = 1;

@@ -27,7 +27,7 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-use super::preset::{merge, run_dir, stretch, PlannedRun, Role};
+use super::preset::{layered, run_dir, stretch, PlannedRun, Role};
 use super::report::{compare, Stat};
 use super::ReproducePlan;
 use crate::config::TrainConfig;
@@ -148,24 +148,12 @@ fn config(
     seed: u64,
     plan: &ReproducePlan,
 ) -> anyhow::Result<TrainConfig> {
-    let mut t = scale.base.clone();
-    merge(&mut t, &s.set);
     let mut fixed = toml::Table::new();
     fixed.insert("epochs".into(), toml::Value::Float(epochs));
-    fixed.insert("seed".into(), toml::Value::Integer(seed as i64));
-    fixed.insert("device".into(), toml::Value::String(plan.device.clone()));
     let mut opt = toml::Table::new();
     opt.insert("weight_decay".into(), toml::Value::Float(wd));
     fixed.insert("optimizer".into(), toml::Value::Table(opt));
-    let mut d = toml::Table::new();
-    d.insert(
-        "path".into(),
-        toml::Value::String(plan.data.display().to_string()),
-    );
-    fixed.insert("data".into(), toml::Value::Table(d));
-    merge(&mut t, &fixed);
-    let mut c: TrainConfig = toml::Value::Table(t)
-        .try_into()
+    let mut c = layered(&scale.base, &s.set, fixed, seed, &plan.device, &plan.data)
         .with_context(|| format!("preset budget / {}: invalid config", s.label))?;
     if let Some(m) = max_lr {
         let crate::schedule::Schedule::OneCycle(oc) = &mut c.schedule else {

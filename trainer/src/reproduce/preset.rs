@@ -97,6 +97,30 @@ pub(crate) fn merge(base: &mut toml::Table, over: &toml::Table) {
     }
 }
 
+/// A preset row's config: the scale's `base`, the row's `set` over it, then `fixed` with the run's
+/// seed, device and data path over both.
+pub(crate) fn layered(
+    base: &toml::Table,
+    set: &toml::Table,
+    mut fixed: toml::Table,
+    seed: u64,
+    device: &str,
+    data: &Path,
+) -> Result<TrainConfig, toml::de::Error> {
+    let mut t = base.clone();
+    merge(&mut t, set);
+    fixed.insert("seed".into(), toml::Value::Integer(seed as i64));
+    fixed.insert("device".into(), toml::Value::String(device.into()));
+    let mut d = toml::Table::new();
+    d.insert(
+        "path".into(),
+        toml::Value::String(data.display().to_string()),
+    );
+    fixed.insert("data".into(), toml::Value::Table(d));
+    merge(&mut t, &fixed);
+    toml::Value::Table(t).try_into()
+}
+
 /// FNV-1a, stable across platforms and Rust versions (run directory names must not change).
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
@@ -173,24 +197,13 @@ pub fn expand(
     let mut out = Vec::new();
     for r in &sp.runs {
         for seed in 0..seeds {
-            let mut t = sp.base.clone();
-            merge(&mut t, &r.set);
-            let mut fixed = toml::Table::new();
-            fixed.insert("seed".into(), toml::Value::Integer(seed as i64));
-            fixed.insert("device".into(), toml::Value::String(device.into()));
-            let mut d = toml::Table::new();
-            d.insert(
-                "path".into(),
-                toml::Value::String(data.display().to_string()),
-            );
-            fixed.insert("data".into(), toml::Value::Table(d));
-            merge(&mut t, &fixed);
-            let config: TrainConfig = toml::Value::Table(t).try_into().with_context(|| {
-                format!(
-                    "preset {} / {scale} / {}: invalid config",
-                    preset.experiment, r.label
-                )
-            })?;
+            let config = layered(&sp.base, &r.set, toml::Table::new(), seed, device, data)
+                .with_context(|| {
+                    format!(
+                        "preset {} / {scale} / {}: invalid config",
+                        preset.experiment, r.label
+                    )
+                })?;
             config
                 .validate()
                 .with_context(|| format!("preset {} / {scale} / {}", preset.experiment, r.label))?;
