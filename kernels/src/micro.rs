@@ -387,10 +387,11 @@ mod avx512 {
 
 /// The AVX2 + FMA bodies. Zen 3 and Intel since Haswell issue two 256-bit FMAs per cycle with a
 /// 4-5 cycle latency, so a block needs >= 8 independent accumulators, and the 16 ymm registers
-/// must also hold the column loads and a broadcast: the 8-row tile is computed as register blocks
-/// of 4 rows x 2 vectors (8 accumulators, 2 column loads and 4 broadcasts per step). Measured on
-/// Zen 3 (`cargo bench -p sc-kernels --bench kernels`): 101 GFLOP/s on one core, the FMA peak;
-/// 4 rows x 3 vectors (12 accumulators) ran at 45. docs/PERFORMANCE.md has the figures.
+/// must also hold the column loads and a broadcast. A full 48-column tile is computed as register
+/// blocks of 4 rows x 3 vectors (12 accumulators, 3 column loads and 4 broadcasts per step: all 16
+/// registers), written in assembly because LLVM spills that block (45 GFLOP/s against 4 x 2's 101
+/// on Zen 3); narrower tiles as 4 rows x 2 vectors (8 accumulators). `scripts/bench-avx2-geometry.sh`
+/// measures the candidates side by side; docs/PERFORMANCE.md has the figures.
 #[cfg(target_arch = "x86_64")]
 pub mod avx2 {
     use std::arch::x86_64::*;
@@ -428,6 +429,94 @@ pub mod avx2 {
         }
     }
 
+    /// `out[r][j] = Σ_s a[s·8 + r] · b[offs[s] + j]` for `r < 4`, `j < 24`, in assembly: its 12
+    /// accumulators, 3 column vectors and one broadcast take all 16 ymm registers, which LLVM
+    /// does not allocate without spilling (the same block in intrinsics ran at half the speed).
+    ///
+    /// # Safety
+    /// [`super::f_tile`]'s, for these 4 rows and 24 columns; the CPU has AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn block_4x24(
+        a: *const f32,
+        offs: &[isize],
+        b: *const f32,
+        out: *mut f32,
+        ostride: usize,
+    ) {
+        std::arch::asm!(
+            "vxorps ymm0, ymm0, ymm0",
+            "vxorps ymm1, ymm1, ymm1",
+            "vxorps ymm2, ymm2, ymm2",
+            "vxorps ymm3, ymm3, ymm3",
+            "vxorps ymm4, ymm4, ymm4",
+            "vxorps ymm5, ymm5, ymm5",
+            "vxorps ymm6, ymm6, ymm6",
+            "vxorps ymm7, ymm7, ymm7",
+            "vxorps ymm8, ymm8, ymm8",
+            "vxorps ymm9, ymm9, ymm9",
+            "vxorps ymm10, ymm10, ymm10",
+            "vxorps ymm11, ymm11, ymm11",
+            "test {n}, {n}",
+            "jz 3f",
+            // One tap per step: 3 column vectors at b + offs[s], then each of the 4 rows' weight
+            // broadcast against them.
+            "2:",
+            "mov {t}, qword ptr [{o}]",
+            "lea {t}, [{b} + 4*{t}]",
+            "vmovups ymm12, ymmword ptr [{t}]",
+            "vmovups ymm13, ymmword ptr [{t} + 32]",
+            "vmovups ymm14, ymmword ptr [{t} + 64]",
+            "vbroadcastss ymm15, dword ptr [{a}]",
+            "vfmadd231ps ymm0, ymm15, ymm12",
+            "vfmadd231ps ymm1, ymm15, ymm13",
+            "vfmadd231ps ymm2, ymm15, ymm14",
+            "vbroadcastss ymm15, dword ptr [{a} + 4]",
+            "vfmadd231ps ymm3, ymm15, ymm12",
+            "vfmadd231ps ymm4, ymm15, ymm13",
+            "vfmadd231ps ymm5, ymm15, ymm14",
+            "vbroadcastss ymm15, dword ptr [{a} + 8]",
+            "vfmadd231ps ymm6, ymm15, ymm12",
+            "vfmadd231ps ymm7, ymm15, ymm13",
+            "vfmadd231ps ymm8, ymm15, ymm14",
+            "vbroadcastss ymm15, dword ptr [{a} + 12]",
+            "vfmadd231ps ymm9, ymm15, ymm12",
+            "vfmadd231ps ymm10, ymm15, ymm13",
+            "vfmadd231ps ymm11, ymm15, ymm14",
+            "add {a}, 32", // F_ROWS floats of a per tap
+            "add {o}, 8",
+            "dec {n}",
+            "jnz 2b",
+            "3:",
+            "vmovups ymmword ptr [{y}], ymm0",
+            "vmovups ymmword ptr [{y} + 32], ymm1",
+            "vmovups ymmword ptr [{y} + 64], ymm2",
+            "lea {y}, [{y} + 4*{s}]",
+            "vmovups ymmword ptr [{y}], ymm3",
+            "vmovups ymmword ptr [{y} + 32], ymm4",
+            "vmovups ymmword ptr [{y} + 64], ymm5",
+            "lea {y}, [{y} + 4*{s}]",
+            "vmovups ymmword ptr [{y}], ymm6",
+            "vmovups ymmword ptr [{y} + 32], ymm7",
+            "vmovups ymmword ptr [{y} + 64], ymm8",
+            "lea {y}, [{y} + 4*{s}]",
+            "vmovups ymmword ptr [{y}], ymm9",
+            "vmovups ymmword ptr [{y} + 32], ymm10",
+            "vmovups ymmword ptr [{y} + 64], ymm11",
+            a = inout(reg) a => _,
+            o = inout(reg) offs.as_ptr() => _,
+            n = inout(reg) offs.len() => _,
+            b = in(reg) b,
+            y = inout(reg) out => _,
+            s = in(reg) ostride,
+            t = out(reg) _,
+            out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _,
+            out("ymm4") _, out("ymm5") _, out("ymm6") _, out("ymm7") _,
+            out("ymm8") _, out("ymm9") _, out("ymm10") _, out("ymm11") _,
+            out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
+            options(nostack),
+        );
+    }
+
     /// [`super::f_tile`]'s contract.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn f_tile(
@@ -438,7 +527,22 @@ pub mod avx2 {
         out: *mut f32,
         ostride: usize,
     ) {
-        // Blocks of 4 rows x 16 columns; see the module doc for the geometries measured.
+        // Blocks of 4 rows x 24 columns for the full 48-column tile, else 4 x 16; see the module
+        // doc for the geometries measured.
+        if nv == 3 {
+            for c0 in [0, 24] {
+                for r0 in [0, 4] {
+                    block_4x24(
+                        a.add(r0),
+                        offs,
+                        b.add(c0),
+                        out.add(r0 * ostride + c0),
+                        ostride,
+                    );
+                }
+            }
+            return;
+        }
         for c0 in (0..super::LANES * nv).step_by(16) {
             for r0 in [0, 4] {
                 block::<4, 2>(
@@ -808,6 +912,23 @@ mod tests {
                             .all(|v| v.is_nan()),
                         "{isa} nv{nv}: wrote past row {r}"
                     );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn f_tile_of_no_taps_is_zero_on_every_isa() {
+        let (a, b) = ([1f32; 8], [1f32; 64]);
+        for isa in available() {
+            for nv in 1..=F_MAX_NV {
+                let mut out = vec![f32::NAN; 8 * 48];
+                // SAFETY: no taps: nothing of a or b is read; out has 8 rows of 48.
+                unsafe { f_tile(isa, nv, a.as_ptr(), &[], b.as_ptr(), out.as_mut_ptr(), 48) };
+                for r in 0..8 {
+                    let row = &out[r * 48..][..48];
+                    assert!(row[..16 * nv].iter().all(|&v| v == 0.0), "{isa} nv{nv}");
+                    assert!(row[16 * nv..].iter().all(|v| v.is_nan()), "{isa} nv{nv}");
                 }
             }
         }
