@@ -196,6 +196,11 @@ pub struct ReproduceArgs {
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
+    /// budget only: copy the best one-cycle model (at the headline's budget or less) and its
+    /// PC-LR counterpart to DIR as ONNX, with a model card (README.md) and zoo.json; rewritten
+    /// after every run.
+    #[arg(long, value_name = "DIR")]
+    pub zoo: Option<PathBuf>,
 }
 
 impl ReproduceArgs {
@@ -231,7 +236,7 @@ impl ReproduceArgs {
                         };
                         PathBuf::from("reports").join(format!("{e}-{}{stretched}", self.scale))
                     }),
-                experiment: e,
+                experiment: e.clone(),
                 scale: self.scale.clone(),
                 data: self.data.clone(),
                 seeds: self.seeds,
@@ -243,6 +248,10 @@ impl ReproduceArgs {
                     .unwrap_or_else(|| PathBuf::from("runs/reproduce")),
                 progress: !self.quiet,
                 dry_run: self.dry_run,
+                // `all` gives the zoo to budget only; one other experiment refuses it.
+                zoo: (e == "budget" || self.experiment != "all")
+                    .then(|| self.zoo.clone())
+                    .flatten(),
             })
             .collect())
     }

@@ -44,3 +44,27 @@ fn open_cuda(_i: usize) -> anyhow::Result<Device> {
          `cargo build --release --features cuda` (see scripts/build-cuda.sh), or use --device cpu"
     )
 }
+
+/// One line naming the machine a run trains on, for run.json and model cards: the CPU's model
+/// name with its family/model numbers (which tell AMD generations apart when the name does not),
+/// the logical cores, and the kernels' instruction set; or the GPU.
+pub fn machine(spec: &str) -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        cpuinfo.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == name).then(|| v.trim().to_string())
+        })
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let name = field("model name").unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let numbers = match (field("cpu family"), field("model")) {
+        (Some(f), Some(m)) => format!(" (family {f} model {m})"),
+        _ => String::new(),
+    };
+    let cpu = format!("{name}{numbers}, {cores} cores");
+    match parse(spec) {
+        Ok(DeviceSpec::Cuda(i)) => format!("CUDA device {i} on {cpu}"),
+        _ => format!("{cpu}, kernels {}", sc_kernels::micro::isa()),
+    }
+}

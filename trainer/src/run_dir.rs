@@ -40,6 +40,10 @@ pub struct RunInfo {
     /// How the training images were fitted to the input (image folders), for `sc.preprocess`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preprocess: Option<sc_data::Preprocess>,
+    /// The machines it trained on ([`crate::device::machine`]), one per distinct machine over
+    /// its resumes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub machines: Vec<String>,
 }
 
 /// How a run ended.

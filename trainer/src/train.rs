@@ -18,7 +18,7 @@ use crate::config::TrainConfig;
 use crate::data::{normalize_all, BatchMaker, Loader};
 use crate::io::{write_atomic, write_json};
 use crate::optim::Sgd;
-use crate::run_dir::{self, append_metrics, MetricsRow, Outcome, RunInfo, Summary};
+use crate::run_dir::{self, append_metrics, read_run_info, MetricsRow, Outcome, RunInfo, Summary};
 
 /// Loop options that differ between commands.
 #[derive(Debug, Clone)]
@@ -187,7 +187,18 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
     if let Some(k) = opts.val_limit {
         val.truncate(k);
     }
+    let mut machines = match opts.resume {
+        true => read_run_info(run_dir)
+            .map(|i| i.machines)
+            .unwrap_or_default(),
+        false => Vec::new(),
+    };
+    let here = crate::device::machine(&cfg.device);
+    if !machines.contains(&here) {
+        machines.push(here);
+    }
     let info = RunInfo {
+        machines,
         command: opts.command.clone(),
         version: crate::VERSION.to_string(),
         parameters: arch.parameter_count(),

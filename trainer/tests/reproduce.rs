@@ -16,6 +16,7 @@ fn plan(exp: &str, data: &std::path::Path, root: &std::path::Path) -> ReproduceP
         out: root.join("reports").join(exp),
         progress: false,
         dry_run: false,
+        zoo: None,
     }
 }
 
@@ -126,6 +127,7 @@ fn tiny_budget_tunes_weight_decay_then_trains_the_grid_and_reads_the_speed_up_of
     let (tmp, data) = tiny_data(12);
     let mut p = plan("budget", &data, tmp.path());
     p.seeds = 1;
+    p.zoo = Some(tmp.path().join("zoo"));
     // Before anything ran, the listing shows the tuning runs only.
     p.dry_run = true;
     assert!(reproduce(&p).unwrap().is_none());
@@ -220,4 +222,62 @@ fn tiny_budget_tunes_weight_decay_then_trains_the_grid_and_reads_the_speed_up_of
         assert!(md.contains(part), "{part}: {md}");
     }
     assert!(p.out.join("accuracy-vs-epochs.png").exists());
+
+    // The zoo: the best one-cycle run at the headline's 1 epoch or less, and PC-LR at its 2
+    // epochs with the same seed, copied byte for byte with their card.
+    let zoo = p.zoo.as_ref().unwrap();
+    let models: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(zoo.join("zoo.json")).unwrap()).unwrap();
+    let models = models.as_array().unwrap();
+    assert_eq!(models.len(), 2, "{models:?}");
+    let (sc, pc) = (&models[0], &models[1]);
+    assert_eq!(sc["schedule"], "1cycle");
+    assert_eq!(sc["epochs"].as_f64(), Some(1.0));
+    assert_eq!(
+        (pc["schedule"].as_str(), pc["epochs"].as_f64()),
+        (Some("pc-lr"), Some(2.0))
+    );
+    assert_eq!(pc["seed"], sc["seed"]);
+    let one_cycle_runs: Vec<f64> = points
+        .iter()
+        .filter(|x| x["schedule"] == "1cycle" && x["epochs"].as_f64() == Some(1.0))
+        .flat_map(|x| x["runs"].as_array().unwrap().clone())
+        .map(|d| {
+            let s: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(
+                    std::path::Path::new(d.as_str().unwrap()).join("summary.json"),
+                )
+                .unwrap(),
+            )
+            .unwrap();
+            s["final_val_acc"].as_f64().unwrap()
+        })
+        .collect();
+    let best = one_cycle_runs.iter().cloned().fold(f64::MIN, f64::max);
+    assert_eq!(sc["val_acc"].as_f64(), Some(best), "{one_cycle_runs:?}");
+    let card = std::fs::read_to_string(zoo.join("README.md")).unwrap();
+    for m in models {
+        let file = m["file"].as_str().unwrap();
+        let run = std::path::Path::new(m["run"].as_str().unwrap());
+        assert_eq!(
+            std::fs::read(zoo.join(file)).unwrap(),
+            std::fs::read(run.join("model.onnx")).unwrap()
+        );
+        assert!(card.contains(file), "{card}");
+        let acc = format!("{:.2} %", 100.0 * m["val_acc"].as_f64().unwrap());
+        assert!(card.contains(&acc), "{acc}: {card}");
+        // The machine it trained on is recorded in the run and named on the card.
+        let machines = m["machines"].as_array().unwrap();
+        assert_eq!(machines.len(), 1, "{machines:?}");
+        assert!(card.contains(machines[0].as_str().unwrap()), "{card}");
+    }
+}
+
+#[test]
+fn the_zoo_is_for_the_budget_experiment() {
+    let (tmp, data) = tiny_data(12);
+    let mut p = plan("sc-vs-pc", &data, tmp.path());
+    p.zoo = Some(tmp.path().join("zoo"));
+    let e = reproduce(&p).unwrap_err().to_string();
+    assert!(e.contains("--zoo is for the budget experiment"), "{e}");
 }

@@ -808,6 +808,17 @@ fn build_report(
     };
     crate::io::write_json(&plan.out.join("report.json"), &report)?;
     crate::io::write_atomic(&plan.out.join("report.md"), markdown(&report).as_bytes())?;
+    if let Some(dir) = &plan.zoo {
+        match super::zoo::write(dir, &plan.scale, scale, &report.points)? {
+            Ok(models) => {
+                let list: Vec<String> = (models.iter())
+                    .map(|m| format!("{} ({:.2} %)", m.file, 100.0 * m.val_acc))
+                    .collect();
+                eprintln!("zoo {}: {}", dir.display(), list.join(", "));
+            }
+            Err(why) => eprintln!("zoo {}: not written yet: {why}", dir.display()),
+        }
+    }
     Ok(super::report::Report {
         experiment: report.experiment,
         title: report.title,
@@ -954,6 +965,7 @@ mod tests {
             out: PathBuf::from("o"),
             progress: false,
             dry_run: true,
+            zoo: None,
         }
     }
 

@@ -5,6 +5,7 @@
 pub mod budget;
 pub mod preset;
 mod report;
+pub mod zoo;
 
 use std::path::PathBuf;
 
@@ -33,6 +34,8 @@ pub struct ReproducePlan {
     pub progress: bool,
     /// Only list the runs.
     pub dry_run: bool,
+    /// `budget` only: where to put the deployable models and their card ([`zoo`]).
+    pub zoo: Option<PathBuf>,
 }
 
 /// Every experiment `reproduce` knows: the presets, then `budget` (its own format and report).
@@ -89,6 +92,13 @@ fn do_run(r: &PlannedRun, progress: bool) -> anyhow::Result<()> {
 pub fn reproduce(plan: &ReproducePlan) -> anyhow::Result<Option<Report>> {
     if plan.experiment == "budget" {
         return budget::reproduce(plan);
+    }
+    if plan.zoo.is_some() {
+        anyhow::bail!(
+            "--zoo is for the budget experiment (its best one-cycle model and PC-LR counterpart), \
+             not for {}",
+            plan.experiment
+        );
     }
     let preset = load(&plan.experiment)?;
     let (mut scale, mut runs) = expand(
