@@ -11,8 +11,9 @@
 //!
 //! Each has three bodies, chosen once at run time ([`isa`]):
 //! - **AVX-512** (32 zmm registers): the 8 x 48 tile in one pass, 24 accumulators.
-//! - **AVX2 + FMA** (16 ymm registers): the tile in register blocks of 4 rows x 16 columns
-//!   (8 accumulators, 2 column loads and 4 broadcasts per step), see [`avx2`].
+//! - **AVX2 + FMA** (16 ymm registers): the tile in register blocks of 4 rows x 24 columns in
+//!   assembly for full 48-column tiles (12 accumulators, 3 column loads and 4 broadcasts per
+//!   step), else 4 rows x 16 columns (8 accumulators), see [`avx2`].
 //! - **portable**: plain Rust on fixed-size lane arrays with no serial float reduction, so that the
 //!   compiler vectorizes it for whatever the target has (SSE2 on baseline x86-64, NEON on
 //!   aarch64). [`portable_as_avx2`] compiles the same body for AVX2+FMA, to measure how far the
@@ -434,7 +435,9 @@ pub mod avx2 {
     /// does not allocate without spilling (the same block in intrinsics ran at half the speed).
     ///
     /// # Safety
-    /// [`super::f_tile`]'s, for these 4 rows and 24 columns; the CPU has AVX2 and FMA.
+    /// The CPU has AVX2 and FMA; for every tap `s < offs.len()`, `a` holds 4 readable values at
+    /// `a[s·8..s·8 + 4]` and `b.offset(offs[s])` is followed by 24 readable values; `out` has 4
+    /// rows of 24 writable values at stride `ostride` (in values).
     #[target_feature(enable = "avx2,fma")]
     unsafe fn block_4x24(
         a: *const f32,

@@ -47,7 +47,8 @@ fn open_cuda(_i: usize) -> anyhow::Result<Device> {
 
 /// One line naming the machine a run trains on, for run.json and model cards: the CPU's model
 /// name with its family/model numbers (which tell AMD generations apart when the name does not),
-/// the logical cores, and the kernels' instruction set; or the GPU.
+/// the cores this process may use, and the kernels' instruction set; or the CUDA device's index
+/// on that CPU.
 pub fn machine(spec: &str) -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let field = |name: &str| {

@@ -161,6 +161,9 @@ impl Drop for Autocast {
     }
 }
 
+/// What `run.json`'s machines say for the part of a resumed run that did not record its machine.
+const EARLIER_MACHINE: &str = "earlier segments: not recorded";
+
 /// Trains per `cfg` in `run_dir` (created if needed). Returns the summary; divergence is an error
 /// unless `opts.divergence_is_end`.
 pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::Result<Summary> {
@@ -188,9 +191,11 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
         val.truncate(k);
     }
     let mut machines = match opts.resume {
-        true => read_run_info(run_dir)
-            .map(|i| i.machines)
-            .unwrap_or_default(),
+        // A run started before machines were recorded trained partly somewhere unknown.
+        true => match read_run_info(run_dir) {
+            Ok(i) if !i.machines.is_empty() => i.machines,
+            _ => vec![EARLIER_MACHINE.to_string()],
+        },
         false => Vec::new(),
     };
     let here = crate::device::machine(&cfg.device);

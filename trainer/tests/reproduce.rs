@@ -255,6 +255,20 @@ fn tiny_budget_tunes_weight_decay_then_trains_the_grid_and_reads_the_speed_up_of
         .collect();
     let best = one_cycle_runs.iter().cloned().fold(f64::MIN, f64::max);
     assert_eq!(sc["val_acc"].as_f64(), Some(best), "{one_cycle_runs:?}");
+    let mut files: Vec<String> = std::fs::read_dir(zoo)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "README.md",
+            "resnet8-1cycle-1ep.onnx",
+            "resnet8-pc-lr-2ep.onnx",
+            "zoo.json"
+        ]
+    );
     let card = std::fs::read_to_string(zoo.join("README.md")).unwrap();
     for m in models {
         let file = m["file"].as_str().unwrap();

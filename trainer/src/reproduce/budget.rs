@@ -423,6 +423,9 @@ pub fn reproduce(plan: &ReproducePlan) -> anyhow::Result<Option<super::report::R
         return Ok(None);
     }
     crate::io::ensure_writable_dir(&plan.out)?;
+    if let Some(zoo) = &plan.zoo {
+        super::zoo::check_dir(zoo).context("--zoo")?;
+    }
     for r in &lr_runs {
         super::do_run(&r.run, plan.progress)?;
     }
@@ -808,15 +811,18 @@ fn build_report(
     };
     crate::io::write_json(&plan.out.join("report.json"), &report)?;
     crate::io::write_atomic(&plan.out.join("report.md"), markdown(&report).as_bytes())?;
+    // The zoo never stops the experiment: a problem with it is a warning, retried after the
+    // next run.
     if let Some(dir) = &plan.zoo {
-        match super::zoo::write(dir, &plan.scale, scale, &report.points)? {
-            Ok(models) => {
+        match super::zoo::write(dir, &plan.scale, scale, plan, &report.points) {
+            Ok(Ok(models)) => {
                 let list: Vec<String> = (models.iter())
                     .map(|m| format!("{} ({:.2} %)", m.file, 100.0 * m.val_acc))
                     .collect();
                 eprintln!("zoo {}: {}", dir.display(), list.join(", "));
             }
-            Err(why) => eprintln!("zoo {}: not written yet: {why}", dir.display()),
+            Ok(Err(why)) => eprintln!("zoo {}: not written yet: {why}", dir.display()),
+            Err(e) => eprintln!("warning: zoo {} not written: {e:#}", dir.display()),
         }
     }
     Ok(super::report::Report {

@@ -30,12 +30,19 @@ pub struct Candidate {
 #[derive(Debug, Clone, Serialize)]
 pub struct ZooModel {
     pub file: String,
+    pub arch: String,
     pub schedule: String,
     pub schedule_text: String,
     pub epochs: f64,
     pub iterations: usize,
     pub batch_size: usize,
     pub weight_decay: f64,
+    /// The training augmentation, in words.
+    pub augment: String,
+    pub train_images: usize,
+    pub val_images: usize,
+    /// The training data, as the run recorded it.
+    pub data: String,
     pub seed: u64,
     /// Final validation accuracy (fraction) on the held-out split of the training set.
     pub val_acc: f64,
@@ -64,6 +71,10 @@ fn candidates(points: &[Point], keep: impl Fn(&Point) -> bool) -> Vec<Candidate>
             let Ok(cfg) = read_config(&dir) else {
                 continue;
             };
+            // A run that finished without its export (a crash in between) cannot ship.
+            if !dir.join("model.onnx").is_file() {
+                continue;
+            }
             out.push(Candidate {
                 schedule: p.schedule.clone(),
                 epochs: p.epochs,
@@ -84,10 +95,13 @@ pub fn pick(scale: &BudgetScale, points: &[Point]) -> Result<(Candidate, Candida
     let sc = candidates(points, |p| p.role == Role::Sc && p.epochs <= h.sc_epochs);
     let best = sc
         .into_iter()
+        // Ties: fewer epochs, then the headline's schedule, then the lower seed.
         .max_by(|a, b| {
             a.val_acc
                 .total_cmp(&b.val_acc)
                 .then(b.epochs.total_cmp(&a.epochs))
+                .then((a.schedule == h.sc).cmp(&(b.schedule == h.sc)))
+                .then(b.seed.cmp(&a.seed))
         })
         .ok_or_else(|| {
             format!(
@@ -100,7 +114,7 @@ pub fn pick(scale: &BudgetScale, points: &[Point]) -> Result<(Candidate, Candida
         Some(c) => c.clone(),
         None => pc
             .into_iter()
-            .max_by(|a, b| a.val_acc.total_cmp(&b.val_acc))
+            .max_by(|a, b| a.val_acc.total_cmp(&b.val_acc).then(b.seed.cmp(&a.seed)))
             .ok_or_else(|| format!("{} at {} epochs has not finished", h.pc, h.pc_epochs))?,
     };
     Ok((best, counterpart))
@@ -131,11 +145,13 @@ fn model(c: &Candidate, points: &[Point], zoo: &Path) -> anyhow::Result<ZooModel
             c.dir.display()
         )
     })?;
+    // The epochs it really trained (--budget stretches the preset's).
+    let epochs = cfg.epochs.unwrap_or(c.epochs);
     let file = format!(
         "{}-{}-{}ep.onnx",
         info.arch.name(),
         slug(&c.schedule),
-        c.epochs
+        (epochs * 10.0).round() / 10.0
     );
     write_atomic(&zoo.join(&file), &bytes)?;
     let over_seeds = points
@@ -143,14 +159,26 @@ fn model(c: &Candidate, points: &[Point], zoo: &Path) -> anyhow::Result<ZooModel
         .find(|p| p.schedule == c.schedule && p.epochs == c.epochs)
         .and_then(|p| p.val_acc.as_ref())
         .map_or_else(|| "—".into(), |s| s.text());
+    let d = &cfg.data;
+    let augment = match (d.crop, d.flip) {
+        (true, true) => format!("pad-{} random crops and flips", d.pad),
+        (true, false) => format!("pad-{} random crops", d.pad),
+        (false, true) => "flips".to_string(),
+        (false, false) => "no augmentation".to_string(),
+    };
     Ok(ZooModel {
         file,
+        arch: info.arch.name(),
         schedule: c.schedule.clone(),
         schedule_text: cfg.schedule.describe(),
-        epochs: c.epochs,
+        epochs,
         iterations: summary.iterations,
         batch_size: cfg.batch_size,
         weight_decay: cfg.optimizer.weight_decay,
+        augment,
+        train_images: info.train_images,
+        val_images: info.val_images,
+        data: info.data_source,
         seed: c.seed,
         val_acc: c.val_acc,
         val_acc_over_seeds: over_seeds,
@@ -163,23 +191,69 @@ fn model(c: &Candidate, points: &[Point], zoo: &Path) -> anyhow::Result<ZooModel
     })
 }
 
-/// Writes the zoo when both models exist; returns what it wrote, or why it waits.
+/// The card of a zoo directory; one this command did not write is never overwritten.
+const CARD: &str = "README.md";
+const INDEX: &str = "zoo.json";
+
+/// Writes the zoo when both models exist; returns what it wrote, or why it waits. Files the
+/// previous zoo listed and this one does not are removed; nothing else in `dir` is touched.
 pub fn write(
     dir: &Path,
     scale_name: &str,
     scale: &BudgetScale,
+    plan: &super::ReproducePlan,
     points: &[Point],
 ) -> anyhow::Result<Result<Vec<ZooModel>, String>> {
     let (sc, pc) = match pick(scale, points) {
         Ok(p) => p,
         Err(why) => return Ok(Err(why)),
     };
-    crate::io::ensure_writable_dir(dir)?;
+    check_dir(dir)?;
+    crate::io::remove_stale_temps(dir);
+    let before: Vec<String> = std::fs::read_to_string(dir.join(INDEX))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Vec<serde_json::Value>>(&t).ok())
+        .map(|v| {
+            v.iter()
+                .filter_map(|m| m["file"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
     let models = vec![model(&sc, points, dir)?, model(&pc, points, dir)?];
-    write_json(&dir.join("zoo.json"), &models)?;
-    let card = card(scale_name, scale, &models);
-    write_atomic(&dir.join("README.md"), card.as_bytes())?;
+    // The index last: its checksums describe files already in place.
+    let card = card(dir, scale_name, scale, plan, &models);
+    write_atomic(&dir.join(CARD), card.as_bytes())?;
+    write_json(&dir.join(INDEX), &models)?;
+    for old in before {
+        let gone = !models.iter().any(|m| m.file == old);
+        // Only plain names of files this command wrote (never a path out of the directory).
+        if gone && old.ends_with(".onnx") && !old.contains(['/', '\\']) {
+            let _ = std::fs::remove_file(dir.join(old));
+        }
+    }
     Ok(Ok(models))
+}
+
+/// The zoo directory can be written, and its README.md, if any, is a card this command wrote.
+pub fn check_dir(dir: &Path) -> anyhow::Result<()> {
+    crate::io::ensure_writable_dir(dir)?;
+    if dir.join(CARD).exists() && !dir.join(INDEX).exists() {
+        anyhow::bail!(
+            "{} has a {CARD} but no {INDEX}: it is not a zoo this command wrote, and its {CARD} \
+             would be replaced; give --zoo an empty or new directory",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// "1 epoch", "30 epochs".
+fn epochs_text(e: f64) -> String {
+    if e == 1.0 {
+        "1 epoch".into()
+    } else {
+        format!("{e} epochs")
+    }
 }
 
 fn hours(s: f64) -> String {
@@ -190,17 +264,32 @@ fn hours(s: f64) -> String {
     }
 }
 
-fn card(scale_name: &str, scale: &BudgetScale, m: &[ZooModel]) -> String {
+fn card(
+    dir: &Path,
+    scale_name: &str,
+    scale: &BudgetScale,
+    plan: &super::ReproducePlan,
+    m: &[ZooModel],
+) -> String {
     let h = &scale.headline;
+    let arch = m.first().map_or("the model", |x| x.arch.as_str());
     let mut s = format!(
-        "# Model zoo: super-converged ResNet-20 for CIFAR-10\n\n\
-         Written by `sc-trainer reproduce budget --scale {scale_name} --data DATA --zoo DIR` \
-         from its runs (docs/REPRODUCTION.md, \"Accuracy against budget\"); do not edit by hand. \
-         The first model is the best one-cycle run at {} epochs or less; the second is {} at {} \
-         epochs, what the experiment compares it with. Budget: {}\n\n\
+        "# Model zoo: super-converged {arch}\n\n\
+         Written by `sc-trainer reproduce budget --scale {scale_name} --zoo {}` from its runs \
+         (docs/REPRODUCTION.md, \"Accuracy against budget\"); do not edit by hand. Budget: {}\n\n\
+         - **The first model** is the best finished one-cycle run at {} or less, over \
+         every budget, seed and one-cycle form. It is picked by validation accuracy, so its \
+         figure is a best-of-several; compare the schedules by the all-seeds column.\n\
+         - **The second** is {} at {}, the budget the experiment compares one cycle's {} with \
+         (the same seed where it has one, else its best).\n\n\
          | file | schedule | epochs | validation accuracy | same budget, all seeds | training time | machine |\n\
          |---|---|---:|---:|---:|---:|---|\n",
-        h.sc_epochs, h.pc, h.pc_epochs, scale.budget
+        dir.display(),
+        scale.budget,
+        epochs_text(h.sc_epochs),
+        h.pc,
+        epochs_text(h.pc_epochs),
+        epochs_text(h.sc_epochs)
     );
     for x in m {
         s += &format!(
@@ -220,40 +309,60 @@ fn card(scale_name: &str, scale: &BudgetScale, m: &[ZooModel]) -> String {
             }
         );
     }
-    s += "\nValidation accuracy is on the 5,000 images held out of CIFAR-10's training set (the \
-          split `fit` makes with `val_size = 5000`), never trained on and never used to pick \
-          anything but the max LR and weight decay. The official test set is not part of this \
-          experiment: evaluate on it with the commands below. Training time is wall-clock, \
-          including any time the process was paused.\n\n## Recipes\n\n";
+    let (train, val) = m.first().map_or((0, 0), |x| (x.train_images, x.val_images));
+    s += &format!(
+        "\nValidation accuracy is on the {val} images held out of the training set ({train} \
+         trained on); the validation split chose the max LR, the weight decay and these models, \
+         nothing else. The official test set is not part of this experiment: evaluate on it with \
+         the commands below. Training time is wall-clock, including any time the process was \
+         paused.\n\n## Recipes\n\n"
+    );
     for x in m {
         s += &format!(
-            "- **`{}`**: {}; {} iterations of {} images ({} epochs), SGD with momentum, weight \
-             decay {}, pad-4 random crops and flips, seed {}. Run directory: `{}`. SHA-256 `{}` \
-             ({} bytes).\n",
+            "- **`{}`**: {}; {} iterations of {} images ({} of {}), SGD with momentum, \
+             weight decay {}, {}, seed {}. Run directory: `{}`. SHA-256 `{}` ({} bytes).\n",
             x.file,
             x.schedule_text,
             x.iterations,
             x.batch_size,
-            x.epochs,
+            epochs_text(x.epochs),
+            x.data,
             x.weight_decay,
+            x.augment,
             x.seed,
             x.run,
             x.sha256,
             x.bytes
         );
     }
+    let f = dir
+        .join(m.first().map_or("MODEL", |x| x.file.as_str()))
+        .display()
+        .to_string();
+    let mut again = format!(
+        "sc-trainer reproduce budget --scale {scale_name} --data data/cifar10 --zoo {}",
+        dir.display()
+    );
+    if plan.budget != 1.0 {
+        again += &format!(" --budget {}", plan.budget);
+    }
+    if plan.seeds != 1 {
+        again += &format!(" --seeds {}", plan.seeds);
+    }
+    if plan.device != "cpu" {
+        again += &format!(" --device {}", plan.device);
+    }
     s += &format!(
         "\nEach file carries its recipe, classes, normalization and validation accuracy as ONNX \
-         metadata (`sc-runtime info FILE` prints them).\n\n## Use them\n\n```\n\
-         sc-trainer data fetch cifar10                     # the official archive, test set included\n\
-         sc-runtime eval {f} cifar-test                     # accuracy on the 10,000 test images\n\
-         sc-runtime predict {f} photo.jpg                   # top classes of one picture\n\
-         sc-runtime serve {f} --port 8080                   # an HTTP service\n```\n\n\
-         ## Train them again\n\n```\nsc-trainer data fetch cifar10\n\
-         sc-trainer reproduce budget --scale {scale_name} --data data/cifar10 --zoo DIR\n```\n\n\
+         metadata (`sc-runtime info FILE` prints them).\n\n## Use them\n\n\
+         From the repository's root, with the binaries built (`cargo build --release`):\n\n```\n\
+         sc-trainer data fetch cifar10          # the official archive, test set included, into data/cifar10\n\
+         sc-runtime eval {f} cifar-test         # accuracy on the 10,000 test images\n\
+         sc-runtime predict {f} photo.jpg       # top classes of one picture\n\
+         sc-runtime serve {f} --port 8080       # an HTTP service\n```\n\n\
+         ## Train them again\n\n```\nsc-trainer data fetch cifar10\n{again}\n```\n\n\
          The command resumes: finished runs are kept, unfinished ones continue from their \
-         checkpoints.\n",
-        f = m.first().map_or("MODEL", |x| x.file.as_str()),
+         checkpoints (in `runs/reproduce/`, or `--runs DIR`).\n"
     );
     s
 }
@@ -261,6 +370,115 @@ fn card(scale_name: &str, scale: &BudgetScale, m: &[ZooModel]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::run_dir::Summary;
+
+    /// A finished run directory with this seed and accuracy (and a model file unless `onnx` is
+    /// false).
+    fn run(root: &Path, name: &str, seed: u64, acc: f64, onnx: bool) -> String {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = TrainConfig {
+            seed,
+            ..TrainConfig::default()
+        };
+        write_json(&dir.join("config.json"), &cfg).unwrap();
+        let summary = Summary {
+            outcome: Outcome::Finished,
+            iterations: 10,
+            final_val_acc: Some(acc),
+            final_val_loss: Some(1.0),
+            best_val_acc: Some(acc),
+            test_acc: None,
+            train_seconds: 1.0,
+            images_per_second: 1.0,
+            parameters: 1,
+            message: None,
+        };
+        write_json(&dir.join("summary.json"), &summary).unwrap();
+        if onnx {
+            std::fs::write(dir.join("model.onnx"), b"onnx").unwrap();
+        }
+        dir.display().to_string()
+    }
+
+    fn point(schedule: &str, role: Role, epochs: f64, runs: Vec<String>) -> Point {
+        Point {
+            schedule: schedule.into(),
+            role,
+            epochs,
+            max_lr: None,
+            weight_decay: 5e-4,
+            val_acc: None,
+            seeds_planned: runs.len(),
+            diverged: 0,
+            train_seconds: None,
+            runs,
+        }
+    }
+
+    #[test]
+    fn the_pick_is_the_best_shippable_one_cycle_run_within_the_budget_and_pc_lr_of_its_seed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = tmp.path();
+        // tiny: the headline is 1cycle at 1 epoch against pc-lr at 2.
+        let scale = super::super::budget::load().unwrap().scale["tiny"].clone();
+        let mut points = vec![
+            point(
+                "1cycle",
+                Role::Sc,
+                1.0,
+                vec![
+                    run(r, "a0", 0, 0.5, true),
+                    run(r, "a1", 1, 0.6, true),
+                    // The best, but it has no model file to ship.
+                    run(r, "a2", 2, 0.95, false),
+                ],
+            ),
+            // Ties with a1: the headline's schedule wins.
+            point(
+                "one-cycle (paper)",
+                Role::Sc,
+                1.0,
+                vec![run(r, "b1", 1, 0.6, true)],
+            ),
+            // Better, but beyond the headline's budget.
+            point("1cycle", Role::Sc, 2.0, vec![run(r, "c0", 0, 0.9, true)]),
+        ];
+        let waiting = pick(&scale, &points).unwrap_err();
+        assert!(waiting.contains("pc-lr at 2 epochs"), "{waiting}");
+        points.push(point(
+            "pc-lr",
+            Role::Pc,
+            2.0,
+            vec![run(r, "p0", 0, 0.7, true), run(r, "p1", 1, 0.65, true)],
+        ));
+        let (sc, pc) = pick(&scale, &points).unwrap();
+        assert_eq!(
+            (sc.schedule.as_str(), sc.seed, sc.val_acc),
+            ("1cycle", 1, 0.6)
+        );
+        assert_eq!(
+            (pc.seed, pc.val_acc),
+            (1, 0.65),
+            "the same seed, not the best"
+        );
+        // Without that seed, PC-LR's best.
+        points.last_mut().unwrap().runs.remove(1);
+        let (_, pc) = pick(&scale, &points).unwrap();
+        assert_eq!(pc.seed, 0);
+    }
+
+    #[test]
+    fn a_directory_with_someone_else_s_readme_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        check_dir(tmp.path()).unwrap();
+        std::fs::write(tmp.path().join("README.md"), "mine").unwrap();
+        let e = check_dir(tmp.path()).unwrap_err().to_string();
+        assert!(e.contains("not a zoo this command wrote"), "{e}");
+        std::fs::write(tmp.path().join("zoo.json"), "[]").unwrap();
+        check_dir(tmp.path()).unwrap();
+    }
 
     #[test]
     fn slugs_name_files() {
