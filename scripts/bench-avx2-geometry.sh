@@ -1,16 +1,13 @@
 #!/usr/bin/env bash
-# Which register block the AVX2 convolution tile should use: compiles scripts/avx2_geometry.rs
-# (no dependencies) with rustc -O and runs it on one core. Needs a CPU with AVX2 and FMA.
+# Which register block the AVX2 convolution tile should use: kernels/benches/avx2_geometry.rs,
+# pinned to one core (the figures are per core). ALIGNED=1 shows what misaligned tap loads cost.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bash "$root/scripts/cpu-info.sh"
-grep -qw fma /proc/cpuinfo && grep -qw avx2 /proc/cpuinfo || { echo "this CPU lacks AVX2+FMA" >&2; exit 1; }
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
-rustc -O --edition 2021 "$root/scripts/avx2_geometry.rs" -o "$out/avx2-geometry"
-# One core: the figures are per core (and a failed check must not be hidden by a rerun).
+cd "$root"
+cargo bench -p sc-kernels --bench avx2_geometry --no-run
 if command -v taskset >/dev/null; then
-    taskset -c 0 "$out/avx2-geometry"
+    taskset -c 0 cargo bench -p sc-kernels --bench avx2_geometry
 else
-    "$out/avx2-geometry"
+    cargo bench -p sc-kernels --bench avx2_geometry
 fi

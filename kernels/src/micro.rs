@@ -391,16 +391,23 @@ mod avx512 {
 /// must also hold the column loads and a broadcast. A full 48-column tile is computed as register
 /// blocks of 4 rows x 3 vectors (12 accumulators, 3 column loads and 4 broadcasts per step: all 16
 /// registers), written in assembly because LLVM spills that block (45 GFLOP/s against 4 x 2's 101
-/// on Zen 3); narrower tiles as 4 rows x 2 vectors (8 accumulators). `scripts/bench-avx2-geometry.sh`
-/// measures the candidates side by side; docs/PERFORMANCE.md has the figures.
+/// on Zen 3); narrower tiles as 4 rows x 2 vectors (8 accumulators).
+/// `cargo bench -p sc-kernels --bench avx2_geometry` measures the candidates side by side;
+/// docs/PERFORMANCE.md has the figures.
 #[cfg(target_arch = "x86_64")]
 pub mod avx2 {
     use std::arch::x86_64::*;
 
-    /// `out[r][j] = Σ_s a[s·8 + r] · b[offs[s] + j]` for `r < R`, `j < 8·V`.
+    /// `out[r][j] = Σ_s a[s·8 + r] · b[offs[s] + j]` for `r < R`, `j < 8·V`. Public for the
+    /// geometry benchmark (`benches/avx2_geometry.rs`).
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; for every tap `s`, `a[s·8..s·8 + R]` is readable and
+    /// `b.offset(offs[s])` is followed by `8·V` readable values; `out` has `R` rows of `8·V`
+    /// writable values at stride `ostride`.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn block<const R: usize, const V: usize>(
+    pub unsafe fn block<const R: usize, const V: usize>(
         a: *const f32,
         offs: &[isize],
         b: *const f32,
@@ -439,7 +446,7 @@ pub mod avx2 {
     /// `a[s·8..s·8 + 4]` and `b.offset(offs[s])` is followed by 24 readable values; `out` has 4
     /// rows of 24 writable values at stride `ostride` (in values).
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn block_4x24(
+    pub unsafe fn block_4x24(
         a: *const f32,
         offs: &[isize],
         b: *const f32,
