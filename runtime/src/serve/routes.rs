@@ -16,7 +16,7 @@ use http_body_util::BodyExt;
 use serde_json::json;
 use tokio::time::{timeout_at, Instant as Deadline};
 
-use super::batcher::Batcher;
+use super::batcher::{Batcher, Refused};
 use super::metrics::Metrics;
 use super::protocol::{self, Signature};
 use crate::{softmax, Classifier};
@@ -103,7 +103,7 @@ fn model<'a>(s: &'a AppState, name: &str) -> Result<&'a Served, ApiError> {
 }
 
 async fn ready(State(s): State<S>) -> StatusCode {
-    if s.models.is_empty() {
+    if s.models.is_empty() || s.models.values().any(|m| !m.batcher.running()) {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::OK
@@ -135,7 +135,12 @@ async fn model_metadata(
 }
 
 async fn model_ready(State(s): State<S>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
-    model(&s, &name).map(|_| StatusCode::OK)
+    let m = model(&s, &name)?;
+    Ok(if m.batcher.running() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    })
 }
 
 async fn metrics(State(s): State<S>) -> Response {
@@ -196,10 +201,13 @@ async fn run_model(
     input: Vec<f32>,
     deadline: Deadline,
 ) -> Result<Vec<f32>, ApiError> {
-    let rx = m.batcher.submit(n, input).map_err(|_| {
+    let rx = m.batcher.submit(n, input).map_err(|r| {
         ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
-            "the model's queue is full, try again later".into(),
+            match r {
+                Refused::Full => "the model's queue is full, try again later".into(),
+                Refused::Stopped => "the model's worker has stopped: restart the server".into(),
+            },
         )
     })?;
     match timeout_at(deadline, rx).await {
