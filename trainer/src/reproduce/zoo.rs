@@ -87,9 +87,9 @@ fn candidates(points: &[Point], keep: impl Fn(&Point) -> bool) -> Vec<Candidate>
     out
 }
 
-/// The zoo's pair: the best finished one-cycle run at `headline.sc_epochs` or less (ties: fewer
-/// epochs), and the PC-LR run at `headline.pc_epochs` with the same seed (else its best). `Err`
-/// says what is still missing.
+/// The zoo's pair: the best finished one-cycle run at `headline.sc_epochs` or less that has its
+/// model file, and the PC-LR run at `headline.pc_epochs` with the same seed (else its best).
+/// `Err` says what is still missing.
 pub fn pick(scale: &BudgetScale, points: &[Point]) -> Result<(Candidate, Candidate), String> {
     let h = &scale.headline;
     let sc = candidates(points, |p| p.role == Role::Sc && p.epochs <= h.sc_epochs);
