@@ -128,9 +128,10 @@ fn tiny_budget_tunes_weight_decay_then_trains_the_grid_and_reads_the_speed_up_of
     let mut p = plan("budget", &data, tmp.path());
     p.seeds = 1;
     p.zoo = Some(tmp.path().join("zoo"));
-    // Before anything ran, the listing shows the tuning runs only.
+    // Before anything ran, the listing shows the tuning runs only (and writes no zoo).
     p.dry_run = true;
     assert!(reproduce(&p).unwrap().is_none());
+    assert!(!p.zoo.as_ref().unwrap().exists());
     p.dry_run = false;
     let r = reproduce(&p).unwrap().unwrap();
     let json: serde_json::Value =

@@ -405,9 +405,24 @@ pub fn reproduce(plan: &ReproducePlan) -> anyhow::Result<Option<super::report::R
         let tune = tuning_runs(scale, &lr, plan)?;
         tune.iter().for_each(|r| show("wd", r));
         let t = tunings(scale, &tune);
-        grid_runs(scale, &lr, &t, plan)?
-            .iter()
-            .for_each(|r| show("grid", r));
+        let grid = grid_runs(scale, &lr, &t, plan)?;
+        grid.iter().for_each(|r| show("grid", r));
+        if plan.zoo.is_some() {
+            match super::zoo::pick(scale, &points(&grid)) {
+                Ok((sc, pc)) => println!(
+                    "zoo   {} {} ep seed {} ({:.2} %) and {} {} ep seed {} ({:.2} %)",
+                    sc.schedule,
+                    sc.epochs,
+                    sc.seed,
+                    100.0 * sc.val_acc,
+                    pc.schedule,
+                    pc.epochs,
+                    pc.seed,
+                    100.0 * pc.val_acc
+                ),
+                Err(why) => println!("zoo   waiting: {why}"),
+            }
+        }
         for s in &scale.schedules {
             if max_lr_of(s, &lr).is_err()
                 || !t

@@ -105,7 +105,7 @@ pub fn pick(scale: &BudgetScale, points: &[Point]) -> Result<(Candidate, Candida
         })
         .ok_or_else(|| {
             format!(
-                "no one-cycle run at {} epochs or less has finished",
+                "no one-cycle run of the grid at {} epochs or less has finished yet",
                 h.sc_epochs
             )
         })?;
