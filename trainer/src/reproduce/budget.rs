@@ -11,8 +11,9 @@
 //!    **Weight decay** is then chosen per schedule the same way: every candidate at
 //!    `tune_epochs` (with the chosen max LR); the best wins (ties: the first candidate).
 //! 2. **The grid**: each schedule at each of its budgets with its chosen weight decay; the
-//!    headline pair with more seeds. Cheapest runs first, so a partial experiment already has
-//!    its short budgets.
+//!    headline pair with more seeds. The pair's first seed runs first (the comparison, and the
+//!    models `--zoo` ships), then the cheapest runs, so a partial experiment already has its
+//!    short budgets.
 //! 3. **The report**: the table, the plot (log epochs), the speed-up (the epochs PC-LR needs to
 //!    match one cycle's accuracy, interpolated on log epochs, over one cycle's epochs), claim 1
 //!    at every budget both schedules ran, and the headline against its target.
@@ -322,7 +323,8 @@ fn choose(tried: &[(f64, Option<f64>, String)]) -> Option<f64> {
     best.map(|b| b.0)
 }
 
-/// The grid for the chosen weight decays (schedules not yet tuned are left out), cheapest first.
+/// The grid for the chosen weight decays (schedules not yet tuned are left out): the headline
+/// pair's first seed, then cheapest first.
 pub fn grid_runs(
     scale: &BudgetScale,
     lr: &[Tuning],
@@ -353,9 +355,18 @@ pub fn grid_runs(
             }
         }
     }
+    // The headline pair's first seed first (the comparison and the zoo's models, about 2 h on
+    // 2 cores), then cheapest first, so that a partial experiment already has its short budgets.
+    let h = &scale.headline;
+    let pair_first = |r: &BudgetRun| {
+        let pair = (r.run.group == h.sc && r.epochs == h.sc_epochs)
+            || (r.run.group == h.pc && r.epochs == h.pc_epochs);
+        !(pair && r.run.seed == 0)
+    };
     out.sort_by(|a, b| {
-        a.epochs
-            .total_cmp(&b.epochs)
+        pair_first(a)
+            .cmp(&pair_first(b))
+            .then(a.epochs.total_cmp(&b.epochs))
             .then(a.run.seed.cmp(&b.run.seed))
     });
     Ok(out)
@@ -1133,11 +1144,23 @@ mod tests {
             .iter()
             .filter(|r| r.run.role == Role::Sc)
             .all(|r| r.max_lr == Some(1.6)));
-        assert!(
-            grid.windows(2).all(|w| w[0].epochs <= w[1].epochs),
-            "cheapest first"
-        );
         let h = &s.headline;
+        let first: Vec<(&str, f64, u64)> = grid[..2]
+            .iter()
+            .map(|r| (r.run.group.as_str(), r.epochs, r.run.seed))
+            .collect();
+        assert_eq!(
+            first,
+            [
+                (h.sc.as_str(), h.sc_epochs, 0),
+                (h.pc.as_str(), h.pc_epochs, 0)
+            ],
+            "the headline pair first"
+        );
+        assert!(
+            grid[2..].windows(2).all(|w| w[0].epochs <= w[1].epochs),
+            "then cheapest first"
+        );
         let seeds = |label: &str, e: f64| {
             grid.iter()
                 .filter(|r| r.run.group == label && r.epochs == e)
