@@ -136,14 +136,33 @@ fn tiny_budget_tunes_weight_decay_then_trains_the_grid_and_reads_the_speed_up_of
     let r = reproduce(&p).unwrap().unwrap();
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(p.out.join("report.json")).unwrap()).unwrap();
-    // 1cycle's max LR was chosen first (two candidates, at the first weight decay), then every
-    // schedule got a weight decay, from the candidates, by validation accuracy.
+    // 1cycle's max LR was chosen first (two candidates at the first weight decay, and x2 steps
+    // past an edge while the best sat there), then every schedule got a weight decay, from the
+    // candidates, by validation accuracy.
     let lr = json["lr_tuning"].as_array().unwrap();
     assert_eq!(lr.len(), 1, "{lr:?}");
     assert_eq!(lr[0]["schedule"], "1cycle");
-    assert_eq!(lr[0]["tried"].as_array().unwrap().len(), 2);
+    let tried = lr[0]["tried"].as_array().unwrap();
+    let values: Vec<f64> = tried.iter().map(|t| t[0].as_f64().unwrap()).collect();
+    let steps = sc_trainer::reproduce::budget::MAX_LR_STEPS;
+    assert!((2..=2 + steps).contains(&values.len()), "{values:?}");
+    assert_eq!(values[..2], [0.3, 0.15]);
+    for v in &values[2..] {
+        let r = (v / 0.15).log2();
+        assert!(
+            (r - r.round()).abs() < 1e-9 && r.round() != 0.0 && r.round() != 1.0,
+            "{v}"
+        );
+    }
     let max_lr = lr[0]["chosen"].as_f64().unwrap();
-    assert!(max_lr == 0.3 || max_lr == 0.15, "{max_lr}");
+    let acc = |t: &serde_json::Value| t[1].as_f64().unwrap_or(f64::NEG_INFINITY);
+    let best = tried.iter().map(acc).fold(f64::NEG_INFINITY, f64::max);
+    let first_best = tried.iter().find(|t| acc(t) == best).unwrap();
+    assert_eq!(max_lr, first_best[0].as_f64().unwrap(), "{tried:?}");
+    if values.len() < 2 + steps {
+        // The search stopped early: its choice has a tried value on each side.
+        assert!(values.iter().any(|&v| v < max_lr) && values.iter().any(|&v| v > max_lr));
+    }
     let tuning = json["tuning"].as_array().unwrap();
     assert_eq!(tuning.len(), 2);
     for t in tuning {

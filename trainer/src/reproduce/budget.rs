@@ -202,19 +202,61 @@ fn planned(
     }
 }
 
-/// The max-LR runs of the schedules that list candidates.
+/// How many times a max-LR search may step past the edge of its candidates.
+pub const MAX_LR_STEPS: usize = 3;
+
+/// The max-LR runs of the schedules that list candidates. Once every candidate of a schedule has
+/// finished and the best is the lowest (or the highest) of them, the search steps a factor of 2
+/// past that edge, up to [`MAX_LR_STEPS`] times: a choice is only made between worse neighbours.
 pub fn lr_tuning_runs(scale: &BudgetScale, plan: &ReproducePlan) -> anyhow::Result<Vec<BudgetRun>> {
     let mut out = Vec::new();
     let (Some(epochs), Some(&wd)) = (scale.lr_tune_epochs, scale.weight_decays.first()) else {
         return Ok(out);
     };
     for s in &scale.schedules {
-        for &m in &s.max_lrs {
-            let c = config(scale, s, epochs, Some(m), wd, 0, plan)?;
-            out.push(planned(s, epochs, (Some(m), wd), c, &plan.runs_root));
+        let mut lrs = s.max_lrs.clone();
+        let mut runs: Vec<BudgetRun> = Vec::new();
+        for step in 0..=MAX_LR_STEPS {
+            for &m in &lrs[runs.len()..] {
+                let c = config(scale, s, epochs, Some(m), wd, 0, plan)?;
+                runs.push(planned(s, epochs, (Some(m), wd), c, &plan.runs_root));
+            }
+            if step == MAX_LR_STEPS || !runs.iter().all(|r| finished(&r.run.dir)) {
+                break;
+            }
+            match past_edge(&runs) {
+                Some(m) => lrs.push(m),
+                None => break,
+            }
         }
+        out.extend(runs);
     }
     Ok(out)
+}
+
+/// The next max LR to try when the best finished one is the lowest or the highest tried (None:
+/// the best has a worse neighbour on each side, or nothing finished with an accuracy).
+fn past_edge(runs: &[BudgetRun]) -> Option<f64> {
+    let tried: Vec<(f64, Option<f64>, String)> = runs
+        .iter()
+        .map(|r| {
+            (
+                r.max_lr.unwrap_or(0.0),
+                final_acc(&r.run.dir),
+                String::new(),
+            )
+        })
+        .collect();
+    let best = choose(&tried)?;
+    let lo = tried.iter().map(|t| t.0).fold(f64::INFINITY, f64::min);
+    let hi = tried.iter().map(|t| t.0).fold(f64::NEG_INFINITY, f64::max);
+    if best == lo {
+        Some(lo / 2.0)
+    } else if best == hi {
+        Some(hi * 2.0)
+    } else {
+        None
+    }
 }
 
 /// A schedule's max LR: `Ok(None)` keeps the preset's, `Err(())` while its tuning is pending.
@@ -419,7 +461,7 @@ pub fn reproduce(plan: &ReproducePlan) -> anyhow::Result<Option<super::report::R
         let grid = grid_runs(scale, &lr, &t, plan)?;
         grid.iter().for_each(|r| show("grid", r));
         if plan.zoo.is_some() {
-            match super::zoo::pick(scale, &points(&grid)) {
+            match super::zoo::pick(scale, &points(&grid), plan.zoo.as_deref()) {
                 Ok((sc, pc)) => println!(
                     "zoo   {} {} ep seed {} ({:.2} %) and {} {} ep seed {} ({:.2} %)",
                     sc.schedule,
@@ -452,8 +494,20 @@ pub fn reproduce(plan: &ReproducePlan) -> anyhow::Result<Option<super::report::R
     if let Some(zoo) = &plan.zoo {
         super::zoo::check_dir(zoo).context("--zoo")?;
     }
-    for r in &lr_runs {
-        super::do_run(&r.run, plan.progress)?;
+    // The max-LR search, until no schedule steps past an edge of its candidates any more.
+    let mut lr_runs = lr_runs;
+    loop {
+        let todo: Vec<&BudgetRun> = lr_runs.iter().filter(|r| !finished(&r.run.dir)).collect();
+        if todo.is_empty() {
+            break;
+        }
+        for r in &todo {
+            super::do_run(&r.run, plan.progress)?;
+        }
+        if let Some(r) = todo.iter().find(|r| !finished(&r.run.dir)) {
+            bail!("run {} ended without a summary", r.run.dir.display());
+        }
+        lr_runs = lr_tuning_runs(scale, plan)?;
     }
     let lr = lr_tunings(scale, &lr_runs);
     let tune = tuning_runs(scale, &lr, plan)?;
@@ -1065,6 +1119,109 @@ mod tests {
         )
         .unwrap();
         assert_eq!(sc.run.config, again);
+    }
+
+    /// Marks a run finished with this accuracy (None: diverged).
+    fn finish(dir: &Path, acc: Option<f64>) {
+        std::fs::create_dir_all(dir).unwrap();
+        let s = crate::run_dir::Summary {
+            outcome: if acc.is_some() {
+                Outcome::Finished
+            } else {
+                Outcome::Diverged
+            },
+            iterations: 1,
+            final_val_acc: acc,
+            final_val_loss: acc.map(|_| 1.0),
+            best_val_acc: acc,
+            test_acc: None,
+            train_seconds: 1.0,
+            images_per_second: 1.0,
+            parameters: 1,
+            message: None,
+        };
+        crate::io::write_json(&dir.join(crate::run_dir::SUMMARY), &s).unwrap();
+    }
+
+    #[test]
+    fn the_max_lr_search_steps_past_an_edge_until_the_best_has_worse_neighbours() {
+        let p = load().unwrap();
+        let s = &p.scale["tiny"];
+        let tmp = tempfile::tempdir().unwrap();
+        let mut pl = plan(1);
+        pl.runs_root = tmp.path().to_path_buf();
+        let of =
+            |runs: &[BudgetRun]| -> Vec<f64> { runs.iter().filter_map(|r| r.max_lr).collect() };
+        let first = lr_tuning_runs(s, &pl).unwrap();
+        let base = &s
+            .schedules
+            .iter()
+            .find(|x| !x.max_lrs.is_empty())
+            .unwrap()
+            .max_lrs;
+        assert_eq!(
+            &of(&first),
+            base,
+            "nothing finished: the preset's candidates"
+        );
+        let lo = base.iter().cloned().fold(f64::INFINITY, f64::min);
+        let hi = base.iter().cloned().fold(0.0, f64::max);
+        // The lowest wins: one step down, and only once all candidates have finished.
+        finish(
+            &first[0].run.dir,
+            Some(if first[0].max_lr == Some(lo) {
+                0.6
+            } else {
+                0.5
+            }),
+        );
+        assert_eq!(of(&lr_tuning_runs(s, &pl).unwrap()).len(), base.len());
+        for r in &first[1..] {
+            finish(
+                &r.run.dir,
+                Some(if r.max_lr == Some(lo) { 0.6 } else { 0.5 }),
+            );
+        }
+        let second = lr_tuning_runs(s, &pl).unwrap();
+        assert_eq!(of(&second), [base.clone(), vec![lo / 2.0]].concat());
+        // The new one is better still: another step down; then worse: the search stops there.
+        finish(&second.last().unwrap().run.dir, Some(0.7));
+        let third = lr_tuning_runs(s, &pl).unwrap();
+        assert_eq!(of(&third).last(), Some(&(lo / 4.0)));
+        finish(&third.last().unwrap().run.dir, Some(0.65));
+        let done = lr_tuning_runs(s, &pl).unwrap();
+        assert_eq!(of(&done).len(), base.len() + 2);
+        assert!(done.iter().all(|r| finished(&r.run.dir)));
+        assert_eq!(lr_tunings(s, &done)[0].chosen, Some(lo / 2.0));
+        // The highest wins (in a fresh root): a step up; a diverged step ends the search there.
+        let tmp2 = tempfile::tempdir().unwrap();
+        pl.runs_root = tmp2.path().to_path_buf();
+        for r in &lr_tuning_runs(s, &pl).unwrap() {
+            finish(
+                &r.run.dir,
+                Some(if r.max_lr == Some(hi) { 0.6 } else { 0.5 }),
+            );
+        }
+        let up = lr_tuning_runs(s, &pl).unwrap();
+        assert_eq!(of(&up).last(), Some(&(hi * 2.0)));
+        finish(&up.last().unwrap().run.dir, None);
+        let end = lr_tuning_runs(s, &pl).unwrap();
+        assert_eq!(end.len(), up.len());
+        assert_eq!(lr_tunings(s, &end)[0].chosen, Some(hi));
+        // The steps are bounded, whatever the results.
+        let tmp3 = tempfile::tempdir().unwrap();
+        pl.runs_root = tmp3.path().to_path_buf();
+        let mut acc = 0.9;
+        loop {
+            let runs = lr_tuning_runs(s, &pl).unwrap();
+            let Some(r) = runs.iter().find(|r| !finished(&r.run.dir)) else {
+                assert_eq!(runs.len(), base.len() + MAX_LR_STEPS);
+                break;
+            };
+            // Each lower LR is better: the search would go on forever.
+            acc += if r.max_lr.unwrap() < lo { 0.01 } else { 0.0 };
+            finish(&r.run.dir, Some(acc - r.max_lr.unwrap() / 100.0));
+        }
     }
 
     #[test]

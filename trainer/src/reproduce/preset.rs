@@ -129,9 +129,17 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// The run directory of a config: `{model}-{schedule}-{iterations}it-s{seed}-{hash}`, or
-/// `{epochs}ep` for a length in epochs.
+/// `{epochs}ep` for a length in epochs. The hash covers the recipe and the data set's folder name,
+/// not where that folder is: runs committed on one machine resume on another.
 pub fn run_dir(root: &Path, cfg: &TrainConfig) -> PathBuf {
-    let json = serde_json::to_string(cfg).expect("config serializes");
+    let mut recipe = cfg.clone();
+    recipe.data.path = cfg
+        .data
+        .path
+        .file_name()
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let json = serde_json::to_string(&recipe).expect("config serializes");
     let kind = serde_json::to_value(&cfg.schedule)
         .ok()
         .and_then(|v| v["kind"].as_str().map(String::from))
@@ -369,6 +377,12 @@ mod tests {
             .unwrap()
             .contains(r#""precision":"bf16""#));
         assert_ne!(run_dir(Path::new("r"), &cfg), f32_dir);
+        // Where the data set lies does not matter; which one it is does.
+        let mut moved = runs[0].config.clone();
+        moved.data.path = Path::new("/elsewhere").join(&runs[0].config.data.path);
+        assert_eq!(run_dir(Path::new("r"), &moved), f32_dir);
+        moved.data.path = PathBuf::from("/elsewhere/other-set");
+        assert_ne!(run_dir(Path::new("r"), &moved), f32_dir);
     }
 
     #[test]

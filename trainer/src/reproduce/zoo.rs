@@ -23,6 +23,8 @@ pub struct Candidate {
     pub epochs: f64,
     pub seed: u64,
     pub dir: PathBuf,
+    /// Its model file (see [`model_source`]).
+    pub model: PathBuf,
     pub val_acc: f64,
 }
 
@@ -56,8 +58,34 @@ pub struct ZooModel {
     pub bytes: usize,
 }
 
+/// Where a run's model file is: its own `model.onnx`, else the zoo's copy of it (a run directory
+/// restored from a commit keeps only what the experiment needs to go on, and the zoo holds the
+/// model), checked against the zoo's checksum.
+fn model_source(dir: &Path, zoo: Option<&Path>) -> Option<PathBuf> {
+    let own = dir.join("model.onnx");
+    if own.is_file() {
+        return Some(own);
+    }
+    let zoo = zoo?;
+    let index: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(zoo.join(INDEX)).ok()?).ok()?;
+    let entry = index
+        .iter()
+        .find(|m| m["run"].as_str() == Some(dir.display().to_string().as_str()))?;
+    let file = entry["file"].as_str()?;
+    if file.contains(['/', '\\']) {
+        return None;
+    }
+    let bytes = std::fs::read(zoo.join(file)).ok()?;
+    (entry["sha256"].as_str()? == format!("{:x}", Sha256::digest(&bytes))).then(|| zoo.join(file))
+}
+
 /// The finished runs of the points, with their accuracy.
-fn candidates(points: &[Point], keep: impl Fn(&Point) -> bool) -> Vec<Candidate> {
+fn candidates(
+    points: &[Point],
+    zoo: Option<&Path>,
+    keep: impl Fn(&Point) -> bool,
+) -> Vec<Candidate> {
     let mut out = Vec::new();
     for p in points.iter().filter(|p| keep(p)) {
         for d in &p.runs {
@@ -72,10 +100,11 @@ fn candidates(points: &[Point], keep: impl Fn(&Point) -> bool) -> Vec<Candidate>
                 continue;
             };
             // A run that finished without its export (a crash in between) cannot ship.
-            if !dir.join("model.onnx").is_file() {
+            let Some(model) = model_source(&dir, zoo) else {
                 continue;
-            }
+            };
             out.push(Candidate {
+                model,
                 schedule: p.schedule.clone(),
                 epochs: p.epochs,
                 seed: cfg.seed,
@@ -90,9 +119,15 @@ fn candidates(points: &[Point], keep: impl Fn(&Point) -> bool) -> Vec<Candidate>
 /// The zoo's pair: the best finished one-cycle run at `headline.sc_epochs` or less that has its
 /// model file, and the PC-LR run at `headline.pc_epochs` with the same seed (else its best).
 /// `Err` says what is still missing.
-pub fn pick(scale: &BudgetScale, points: &[Point]) -> Result<(Candidate, Candidate), String> {
+pub fn pick(
+    scale: &BudgetScale,
+    points: &[Point],
+    zoo: Option<&Path>,
+) -> Result<(Candidate, Candidate), String> {
     let h = &scale.headline;
-    let sc = candidates(points, |p| p.role == Role::Sc && p.epochs <= h.sc_epochs);
+    let sc = candidates(points, zoo, |p| {
+        p.role == Role::Sc && p.epochs <= h.sc_epochs
+    });
     let best = sc
         .into_iter()
         // Ties: fewer epochs, then the headline's schedule, then the lower seed.
@@ -109,7 +144,9 @@ pub fn pick(scale: &BudgetScale, points: &[Point]) -> Result<(Candidate, Candida
                 h.sc_epochs
             )
         })?;
-    let pc = candidates(points, |p| p.schedule == h.pc && p.epochs == h.pc_epochs);
+    let pc = candidates(points, zoo, |p| {
+        p.schedule == h.pc && p.epochs == h.pc_epochs
+    });
     let counterpart = match pc.iter().find(|c| c.seed == best.seed) {
         Some(c) => c.clone(),
         None => pc
@@ -137,8 +174,8 @@ fn model(c: &Candidate, points: &[Point], zoo: &Path) -> anyhow::Result<ZooModel
     let info = read_run_info(&c.dir)?;
     let summary =
         read_summary(&c.dir).with_context(|| format!("{}: no summary.json", c.dir.display()))?;
-    let src = c.dir.join("model.onnx");
-    let bytes = std::fs::read(&src).with_context(|| {
+    let src = &c.model;
+    let bytes = std::fs::read(src).with_context(|| {
         format!(
             "cannot read {} (export it with `sc-trainer export {}`)",
             src.display(),
@@ -204,7 +241,7 @@ pub fn write(
     plan: &super::ReproducePlan,
     points: &[Point],
 ) -> anyhow::Result<Result<Vec<ZooModel>, String>> {
-    let (sc, pc) = match pick(scale, points) {
+    let (sc, pc) = match pick(scale, points, Some(dir)) {
         Ok(p) => p,
         Err(why) => return Ok(Err(why)),
     };
@@ -445,7 +482,7 @@ mod tests {
             // Better, but beyond the headline's budget.
             point("1cycle", Role::Sc, 2.0, vec![run(r, "c0", 0, 0.9, true)]),
         ];
-        let waiting = pick(&scale, &points).unwrap_err();
+        let waiting = pick(&scale, &points, None).unwrap_err();
         assert!(waiting.contains("pc-lr at 2 epochs"), "{waiting}");
         points.push(point(
             "pc-lr",
@@ -453,7 +490,7 @@ mod tests {
             2.0,
             vec![run(r, "p0", 0, 0.7, true), run(r, "p1", 1, 0.65, true)],
         ));
-        let (sc, pc) = pick(&scale, &points).unwrap();
+        let (sc, pc) = pick(&scale, &points, None).unwrap();
         assert_eq!(
             (sc.schedule.as_str(), sc.seed, sc.val_acc),
             ("1cycle", 1, 0.6)
@@ -465,8 +502,26 @@ mod tests {
         );
         // Without that seed, PC-LR's best.
         points.last_mut().unwrap().runs.remove(1);
-        let (_, pc) = pick(&scale, &points).unwrap();
+        let (_, pc) = pick(&scale, &points, None).unwrap();
         assert_eq!(pc.seed, 0);
+        // A run restored without its model file counts when the zoo holds its model, unaltered.
+        let zoo = r.join("zoo");
+        std::fs::create_dir(&zoo).unwrap();
+        std::fs::write(zoo.join("a2.onnx"), b"model of a2").unwrap();
+        let index = |sha: String| {
+            let a2 = r.join("a2").display().to_string();
+            serde_json::json!([{"file": "a2.onnx", "run": a2, "sha256": sha}]).to_string()
+        };
+        let good = format!("{:x}", Sha256::digest(b"model of a2"));
+        std::fs::write(zoo.join(INDEX), index(good)).unwrap();
+        let (sc, _) = pick(&scale, &points, Some(&zoo)).unwrap();
+        assert_eq!((sc.seed, sc.model.clone()), (2, zoo.join("a2.onnx")));
+        std::fs::write(zoo.join(INDEX), index("00".repeat(32))).unwrap();
+        let (sc, _) = pick(&scale, &points, Some(&zoo)).unwrap();
+        assert_eq!(
+            sc.seed, 1,
+            "a zoo file that is not the one recorded does not count"
+        );
     }
 
     #[test]
