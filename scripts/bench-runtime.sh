@@ -41,25 +41,33 @@ echo "model $model, batches $batches, $threads threads, >= ${seconds}s per measu
 # plan (what sc-runtime falls back to for graphs the native one does not take).
 SC_RUNTIME_ENGINE=native "$root/target/release/sc-runtime" bench "$model" --batch "$batches" \
     --threads "$threads" --seconds "$seconds" --json > "$out/native.json"
+# The native executor in each layout: flat NCHW, and 8-channel blocks (NCHWc).
+for layout in flat blocked; do
+    SC_RUNTIME_ENGINE=native SC_RUNTIME_LAYOUT=$layout "$root/target/release/sc-runtime" bench \
+        "$model" --batch "$batches" --threads "$threads" --seconds "$seconds" --json > "$out/$layout.json"
+done
 SC_RUNTIME_ENGINE=tract "$root/target/release/sc-runtime" bench "$model" --batch "$batches" \
     --threads "$threads" --seconds "$seconds" --json > "$out/tract.json"
 "$venv/bin/python" "$root/scripts/bench_onnxruntime.py" "$model" --batch "$batches" \
     --threads "$threads" --seconds "$seconds" > "$out/ort.json"
 
-"$venv/bin/python" - "$out/sc.json" "$out/ort.json" "$out/tract.json" "$out/native.json" <<'PY'
+"$venv/bin/python" - "$out/sc.json" "$out/ort.json" "$out/tract.json" "$out/native.json" \
+    "$out/flat.json" "$out/blocked.json" <<'PY'
 import json, sys
-sc, ort, tr, nat = (json.load(open(p)) for p in sys.argv[1:5])
+sc, ort, tr, nat, flat, blk = (json.load(open(p)) for p in sys.argv[1:7])
 print(f"executor chosen: {sc[0]['executor'] if sc else '?'}")
 print(f"{'batch':>5} {'threads':>7} | {'sc-runtime img/s':>16} {'p50 ms':>8} {'p99 ms':>8} | "
       f"{'onnxruntime img/s':>17} {'p50 ms':>8} {'p99 ms':>8} | {'vs ort':>6} {'vs tract':>8} | "
-      f"{'native img/s':>12} {'tract img/s':>11}")
-for s, o, t, n in zip(sc, ort, tr, nat):
+      f"{'native img/s':>12} {'tract img/s':>11} | {'flat img/s':>10} {'blocked img/s':>13}")
+for s, o, t, n, f, b in zip(sc, ort, tr, nat, flat, blk):
     print(f"{s['batch']:>5} {s['threads']:>7} | {s['images_per_second']:>16.0f} "
           f"{s['latency_ms_p50']:>8.3f} {s['latency_ms_p99']:>8.3f} | "
           f"{o['images_per_second']:>17.0f} {o['latency_ms_p50']:>8.3f} {o['latency_ms_p99']:>8.3f} | "
           f"{s['images_per_second'] / o['images_per_second']:>6.2f} "
           f"{s['images_per_second'] / t['images_per_second']:>8.2f} | "
-          f"{n['images_per_second']:>12.0f} {t['images_per_second']:>11.0f}")
+          f"{n['images_per_second']:>12.0f} {t['images_per_second']:>11.0f} | "
+          f"{f['images_per_second']:>10.0f} {b['images_per_second']:>13.0f}")
 print("sc-runtime = the executor chosen at load; vs ort / vs tract = its images/s over onnxruntime's /"
-      " over sc-runtime with SC_RUNTIME_ENGINE=tract; native = SC_RUNTIME_ENGINE=native")
+      " over sc-runtime with SC_RUNTIME_ENGINE=tract; native = SC_RUNTIME_ENGINE=native;"
+      " flat / blocked = native with SC_RUNTIME_LAYOUT=flat / blocked")
 PY

@@ -5,11 +5,13 @@
 //!
 //! - [`micro`]: the register-blocked tiles (AVX-512, AVX2+FMA or portable, detected at run time).
 //! - [`conv`]: NCHW convolution forward, input gradient and weight gradient.
+//! - [`blocked`]: inference convolutions in the channel-blocked (NCHWc) layout.
 //! - [`bn`], [`elementwise`]: BatchNorm (training and inference form) fused with ReLU and the
 //!   residual add, and its backward passes.
 //! - [`par`], [`scratch`]: parallel loops over images (rayon's global pool) and per-thread
 //!   reusable buffers.
 
+pub mod blocked;
 pub mod bn;
 pub mod conv;
 pub mod elementwise;

@@ -18,6 +18,15 @@ use crate::runner::{self, Parallelism};
 pub const DEFAULT_CHUNK: usize = 1;
 
 /// One class and its softmax probability.
+/// How the native executor lays out a graph's feature maps (see `sc_kernels::blocked`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NativeLayout {
+    /// NCHW, convolutions vectorized over pixels.
+    Flat,
+    /// Blocks of 8 channels with a zero border (NCHWc), convolutions vectorized over channels.
+    Blocked,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Prediction {
     /// Index into the model's classes (the logit index).
@@ -140,6 +149,16 @@ impl Classifier {
         self.engine
             .use_native()
             .map_err(|why| RuntimeError::InvalidArgument(format!("no native executor: {why}")))?;
+        Ok(self)
+    }
+
+    /// Runs the native executor's graph in this layout (default: the faster of the two, timed at
+    /// load; `SC_RUNTIME_LAYOUT` sets it for a process). An error, with the reason, when the
+    /// native executor does not run this model, or the graph has no blocked form.
+    pub fn with_layout(mut self, layout: NativeLayout) -> Result<Self> {
+        self.engine
+            .use_layout(layout == NativeLayout::Blocked)
+            .map_err(|why| RuntimeError::InvalidArgument(format!("no {layout:?} layout: {why}")))?;
         Ok(self)
     }
 

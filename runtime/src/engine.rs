@@ -122,6 +122,12 @@ impl Engine {
         self.executor.prefer_native()
     }
 
+    /// Runs the native graph in the blocked layout (or the flat one) from now on; else the
+    /// reason it cannot.
+    pub fn use_layout(&mut self, blocked: bool) -> std::result::Result<(), String> {
+        self.executor.prefer_layout(blocked)
+    }
+
     /// Whether the native executor runs the model.
     pub fn is_native(&self) -> bool {
         self.executor.native().is_some()

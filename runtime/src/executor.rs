@@ -23,6 +23,25 @@ use crate::probe;
 /// Environment variable that forces an executor.
 pub const ENGINE_ENV: &str = "SC_RUNTIME_ENGINE";
 
+/// Environment variable that forces the native executor's layout.
+pub const LAYOUT_ENV: &str = "SC_RUNTIME_LAYOUT";
+
+/// `SC_RUNTIME_LAYOUT`: `None` (unset, empty or `auto`: the faster, timed at load), `Some(false)`
+/// for `flat`, `Some(true)` for `blocked`.
+fn layout_from_env() -> Result<Option<bool>, String> {
+    match std::env::var(LAYOUT_ENV) {
+        Err(_) => Ok(None),
+        Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => Ok(None),
+            "flat" => Ok(Some(false)),
+            "blocked" => Ok(Some(true)),
+            _ => Err(format!(
+                "{LAYOUT_ENV}={v:?}: expected auto, flat or blocked"
+            )),
+        },
+    }
+}
+
 /// Timing: at least this many alternating rounds, more while under the time budget.
 const MIN_ROUNDS: usize = 2;
 const MAX_ROUNDS: usize = 7;
@@ -32,6 +51,7 @@ const TIMING_BUDGET: Duration = Duration::from_millis(300);
 /// a load would refuse the first, and the kernels would ignore the second with a warning).
 pub fn check_environment() -> crate::Result<()> {
     Preference::from_env().map_err(crate::RuntimeError::InvalidArgument)?;
+    layout_from_env().map_err(crate::RuntimeError::InvalidArgument)?;
     sc_kernels::micro::env_cap().map_err(crate::RuntimeError::InvalidArgument)?;
     Ok(())
 }
@@ -124,6 +144,33 @@ impl Executor {
         Ok(())
     }
 
+    /// Runs the native graph (running now, or on standby) in the blocked layout, or the flat one,
+    /// from now on; else says why it cannot.
+    pub fn prefer_layout(&mut self, blocked: bool) -> Result<(), String> {
+        let graph = match self {
+            Executor::Native { graph, .. } => graph,
+            Executor::Tract {
+                standby: Some(graph),
+                ..
+            } => graph,
+            Executor::Tract { reason, .. } => return Err(reason.clone()),
+        };
+        if blocked {
+            graph
+                .blocked_form()
+                .map_err(|why| format!("no blocked form: {why}"))?;
+        }
+        graph.set_blocked(blocked);
+        if let Executor::Native { reason, .. } = self {
+            *reason = format!(
+                "native (asked for the {} layout; sc-kernels {} convolutions, checked against tract)",
+                if blocked { "8-channel blocked" } else { "flat" },
+                isa_name()
+            );
+        }
+        Ok(())
+    }
+
     /// The graph that runs, when it is the native one.
     pub fn native(&self) -> Option<&Graph> {
         match self {
@@ -151,7 +198,7 @@ pub(crate) fn choose(
     if preference == Preference::Tract {
         return Executor::tract(format!("tract ({ENGINE_ENV}=tract)"));
     }
-    let graph = match catching("native", || Graph::compile(proto, chw)) {
+    let mut graph = match catching("native", || Graph::compile(proto, chw)) {
         Ok(Ok(g)) if g.classes() == classes => g,
         Ok(Ok(g)) => {
             return Executor::tract(format!(
@@ -169,17 +216,19 @@ pub(crate) fn choose(
     if let Err(why) = probe::check(&graph, plan, shape, &inputs, &mut bufs) {
         return Executor::tract(format!("tract ({why})"));
     }
-    let isa = isa_name();
+    let layout = pick_layout(&mut graph, plan, shape, &inputs);
+    let isa = format!("{} convolutions, {layout}", isa_name());
     if preference == Preference::Native {
         return Executor::Native {
             graph,
             reason: format!(
-                "native ({ENGINE_ENV}=native; sc-kernels {isa} convolutions, checked against tract)"
+                "native ({ENGINE_ENV}=native; sc-kernels {isa}, checked against tract)"
             ),
         };
     }
-    // Timed on the last probe input.
+    // Timed on the last probe input, with buffers of the chosen layout only.
     let input = inputs.last().map_or(&[][..], Vec::as_slice);
+    let mut bufs = Vec::new();
     let timed = catching("native", || race(&graph, plan, shape, input, &mut bufs));
     let (native_s, tract_s) = match timed {
         Ok(Ok(t)) => t,
@@ -189,7 +238,7 @@ pub(crate) fn choose(
         Executor::Native {
             graph,
             reason: format!(
-                "native (sc-kernels {isa} convolutions, checked against tract; {:.1}x tract's speed at batch {batch})",
+                "native (sc-kernels {isa}, checked against tract; {:.1}x tract's speed at batch {batch})",
                 tract_s / native_s
             ),
         }
@@ -197,11 +246,87 @@ pub(crate) fn choose(
         Executor::Tract {
             standby: Some(graph),
             reason: format!(
-                "tract (its plan ran {:.1}x the native executor's speed with {isa} kernels at batch {batch})",
+                "tract (its plan ran {:.1}x the native executor's speed with {isa} at batch {batch})",
                 native_s / tract_s
             ),
         }
     }
+}
+
+/// Chooses the native graph's layout: the channel-blocked form when the graph has one, it agrees
+/// with tract on the probes, and it times faster than the flat one on the machine's cores (or
+/// `SC_RUNTIME_LAYOUT` asks for it); returns the choice in words, for the executor's reason.
+fn pick_layout(
+    graph: &mut Graph,
+    plan: &Arc<TypedSimplePlan>,
+    shape: [usize; 4],
+    inputs: &[Vec<f32>],
+) -> String {
+    let wanted = layout_from_env().unwrap_or(None);
+    graph.set_blocked(false);
+    if let Err(why) = graph.blocked_form() {
+        return format!("flat layout (no blocked form: {why})");
+    }
+    if wanted == Some(false) {
+        graph.drop_blocked(format!("not checked ({LAYOUT_ENV}=flat)"));
+        return format!("flat layout ({LAYOUT_ENV}=flat)");
+    }
+    graph.set_blocked(true);
+    if let Err(why) = probe::check(graph, plan, shape, inputs, &mut Vec::new()) {
+        graph.drop_blocked(why.clone());
+        return format!("flat layout (the blocked one: {why})");
+    }
+    if wanted == Some(true) {
+        return format!("8-channel blocked layout ({LAYOUT_ENV}=blocked)");
+    }
+    let input = inputs.last().map_or(&[][..], Vec::as_slice);
+    let threads = crate::classifier::default_threads();
+    match catching("native", || race_layouts(graph, shape[0], input, threads)) {
+        Ok((flat, blocked)) if blocked <= flat => {
+            graph.set_blocked(true);
+            format!(
+                "8-channel blocked layout, {:.1}x the flat one's speed",
+                flat / blocked
+            )
+        }
+        Ok((flat, blocked)) => {
+            graph.set_blocked(false);
+            format!(
+                "flat layout, {:.1}x the blocked one's speed",
+                blocked / flat
+            )
+        }
+        Err(why) => {
+            graph.set_blocked(false);
+            format!("flat layout (timing the blocked one failed: {why})")
+        }
+    }
+}
+
+/// Best-of-rounds seconds per run of the flat and the blocked layout, alternating, on a team of
+/// `threads` (as one request of few images runs: the layouts split a convolution over threads
+/// differently, and the flat one copies its input on one thread).
+fn race_layouts(graph: &mut Graph, n: usize, input: &[f32], threads: usize) -> (f64, f64) {
+    let team = (threads > 1).then(|| crate::team::Team::new(threads));
+    let (mut flat_bufs, mut blocked_bufs) = (Vec::new(), Vec::new());
+    let mut best = [f64::INFINITY; 2];
+    let started = Instant::now();
+    for round in 0..=MAX_ROUNDS {
+        if round > MIN_ROUNDS && started.elapsed() > TIMING_BUDGET {
+            break;
+        }
+        for (i, bufs) in [&mut flat_bufs, &mut blocked_bufs].into_iter().enumerate() {
+            graph.set_blocked(i == 1);
+            let t = Instant::now();
+            std::hint::black_box(graph.run(n, input, bufs, team.as_ref()));
+            // Round 0 is a warm-up (buffers allocated, weights brought into cache).
+            if round > 0 {
+                best[i] = best[i].min(t.elapsed().as_secs_f64());
+            }
+        }
+    }
+    graph.set_blocked(false);
+    (best[0], best[1])
 }
 
 /// Best-of-rounds seconds per run of the native graph and of tract's plan, on one thread,

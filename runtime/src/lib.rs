@@ -43,12 +43,14 @@ mod runner;
 pub mod serve;
 mod team;
 
-pub use classifier::{default_threads, softmax, Classifier, Prediction, DEFAULT_CHUNK};
+pub use classifier::{
+    default_threads, softmax, Classifier, NativeLayout, Prediction, DEFAULT_CHUNK,
+};
 pub use contract::{MAX_INPUT_SIDE, MAX_RUN_VALUES};
 pub use data::{Dataset, Split};
 pub use error::{BoxError, Result, RuntimeError};
 pub use evaluate::{ClassAccuracy, Evaluation};
-pub use executor::{check_environment, ENGINE_ENV};
+pub use executor::{check_environment, ENGINE_ENV, LAYOUT_ENV};
 pub use metadata::{InputSpec, ModelMetadata, Normalization};
 pub use model_file::{Dim, ModelInfo, TensorInfo};
 pub use preprocess::{

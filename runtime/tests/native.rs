@@ -9,7 +9,7 @@ mod common;
 
 use common::{int, ints, node, tensor, value_info, D};
 use prost::Message;
-use sc_runtime::{Classifier, Preprocessing};
+use sc_runtime::{Classifier, NativeLayout, Preprocessing};
 use tract_onnx::pb;
 
 fn field(n: usize, seed: u64) -> Vec<f32> {
@@ -63,7 +63,7 @@ enum Shortcut {
 }
 
 /// The shortcut `shortcut` of `x` into `y`.
-fn shortcut_nodes(shortcut: Shortcut, x: &str, y: &str) -> Vec<pb::NodeProto> {
+fn shortcut_nodes(shortcut: Shortcut, x: &str, y: &str, half: i64) -> Vec<pb::NodeProto> {
     let i64t = |name: &str, dims: &[i64], v: &[i64]| pb::TensorProto {
         dims: dims.to_vec(),
         ..i64s(name, v)
@@ -72,7 +72,7 @@ fn shortcut_nodes(shortcut: Shortcut, x: &str, y: &str) -> Vec<pb::NodeProto> {
         Shortcut::Pad => vec![node("Pad", &[x, "pads"], y, vec![])],
         Shortcut::TorchPad => vec![
             constant("k2", i64s("", &[2])),
-            constant("torch_pads", i64s("", &[0, 0, 0, 0, 4, 4])),
+            constant("torch_pads", i64s("", &[0, 0, 0, 0, half, half])),
             node(
                 "ConstantOfShape",
                 &["k2"],
@@ -107,7 +107,7 @@ fn shortcut_nodes(shortcut: Shortcut, x: &str, y: &str) -> Vec<pb::NodeProto> {
             node("Gather", &["shp", "zero"], "n", vec![int("axis", 0)]),
             constant("ax0", i64s("", &[0])),
             node("Unsqueeze", &["n", "ax0"], "n1", vec![]),
-            constant("four", i64s("", &[4])),
+            constant("four", i64s("", &[half])),
             constant("two", i64s("", &[2])),
             constant("end", i64s("", &[i64::MAX])),
             node("Slice", &["shp", "two", "end"], "hw", vec![]),
@@ -136,20 +136,32 @@ fn shortcut_nodes(shortcut: Shortcut, x: &str, y: &str) -> Vec<pb::NodeProto> {
 /// Pad(channels 4+4) (written as `shortcut`), Add, Relu; GlobalAveragePool, Flatten, Gemm.
 /// `extra` inserts one more node after the stem (an op the native executor may not take).
 fn resnet_like(bn: bool, normalize: bool, extra: Option<&str>, shortcut: Shortcut) -> Vec<u8> {
+    resnet_of_width(8, bn, normalize, extra, shortcut)
+}
+
+/// [`resnet_like`] with `c` stem channels (`2c` in the block, `c / 2` padded on each side).
+fn resnet_of_width(
+    c: usize,
+    bn: bool,
+    normalize: bool,
+    extra: Option<&str>,
+    shortcut: Shortcut,
+) -> Vec<u8> {
+    let (ci, c2, half) = (c as i64, 2 * c as i64, c as i64 / 2);
     let mut nodes = Vec::new();
     let mut init = vec![
-        tensor("w0", &[8, 3, 3, 3], &field(8 * 27, 1)),
-        tensor("b0", &[8], &field(8, 2)),
-        tensor("w1", &[16, 8, 3, 3], &field(16 * 72, 3)),
-        tensor("b1", &[16], &field(16, 4)),
-        tensor("w2", &[16, 16, 3, 3], &field(16 * 144, 5)),
-        tensor("fc.w", &[5, 16], &field(80, 6)),
+        tensor("w0", &[ci, 3, 3, 3], &field(c * 27, 1)),
+        tensor("b0", &[ci], &field(c, 2)),
+        tensor("w1", &[c2, ci, 3, 3], &field(2 * c * c * 9, 3)),
+        tensor("b1", &[c2], &field(2 * c, 4)),
+        tensor("w2", &[c2, c2, 3, 3], &field(4 * c * c * 9, 5)),
+        tensor("fc.w", &[5, c2], &field(10 * c, 6)),
         tensor("fc.b", &[5], &field(5, 7)),
         i64s("starts", &[0, 0]),
         i64s("ends", &[i64::MAX, i64::MAX]),
         i64s("axes", &[2, 3]),
         i64s("steps", &[2, 2]),
-        i64s("pads", &[0, 4, 0, 0, 0, 4, 0, 0]),
+        i64s("pads", &[0, half, 0, 0, 0, half, 0, 0]),
     ];
     let mut x = "input".to_string();
     if normalize {
@@ -189,18 +201,18 @@ fn resnet_like(bn: bool, normalize: bool, extra: Option<&str>, shortcut: Shortcu
     if bn {
         init.push(tensor(
             "g",
-            &[16],
-            &field(16, 8)
+            &[c2],
+            &field(2 * c, 8)
                 .iter()
                 .map(|v| 1.0 + 0.5 * v)
                 .collect::<Vec<_>>(),
         ));
-        init.push(tensor("be", &[16], &field(16, 9)));
-        init.push(tensor("m", &[16], &field(16, 10)));
+        init.push(tensor("be", &[c2], &field(2 * c, 9)));
+        init.push(tensor("m", &[c2], &field(2 * c, 10)));
         init.push(tensor(
             "v",
-            &[16],
-            &field(16, 11)
+            &[c2],
+            &field(2 * c, 11)
                 .iter()
                 .map(|v| 1.0 + 0.9 * v)
                 .collect::<Vec<_>>(),
@@ -219,7 +231,7 @@ fn resnet_like(bn: bool, normalize: bool, extra: Option<&str>, shortcut: Shortcu
         "s0",
         vec![],
     ));
-    nodes.extend(shortcut_nodes(shortcut, "s0", "p0"));
+    nodes.extend(shortcut_nodes(shortcut, "s0", "p0", half));
     nodes.push(node("Add", &[&main, "p0"], "a0", vec![]));
     nodes.push(node("Relu", &["a0"], "r2", vec![]));
     nodes.push(node("GlobalAveragePool", &["r2"], "gap", vec![]));
@@ -323,6 +335,67 @@ fn resnet_like_graphs_run_natively_and_agree_with_tract() {
             assert_agree(&two.logits_for_input(one).unwrap(), &want[i..i + 1], &tag);
         }
     }
+}
+
+/// Channel counts in whole blocks of 8 (16 -> 32, the shortcut padding 8 + 8) give the graph a
+/// blocked form: forced either way, it agrees with tract and with the flat layout, on one thread
+/// and on two, and the note says which layout runs. With 8 -> 16 (padding 4 + 4, not whole
+/// blocks) the blocked layout is refused with the reason.
+#[test]
+fn the_blocked_layout_agrees_with_tract_and_the_flat_one() {
+    let input = field(3 * 3 * 12 * 12, 98);
+    for (bn, normalize, shortcut) in [
+        (true, true, Shortcut::Pad),
+        (false, false, Shortcut::TorchPad),
+        (true, false, Shortcut::Concat),
+    ] {
+        let bytes = resnet_of_width(16, bn, normalize, None, shortcut);
+        let tag = format!("bn {bn}, normalize {normalize}, shortcut {shortcut:?}");
+        let want = load(&bytes).with_tract().logits_for_input(&input).unwrap();
+        for threads in [1, 2] {
+            for layout in [
+                NativeLayout::Blocked,
+                NativeLayout::Flat,
+                NativeLayout::Blocked,
+            ] {
+                let clf = load(&bytes)
+                    .with_native()
+                    .unwrap()
+                    .with_layout(layout)
+                    .unwrap_or_else(|e| panic!("{tag}: {e}"))
+                    .with_threads(threads);
+                let words = if layout == NativeLayout::Blocked {
+                    "blocked"
+                } else {
+                    "flat"
+                };
+                assert!(clf.executor().contains(words), "{}", clf.executor());
+                assert_agree(&clf.logits_for_input(&input).unwrap(), &want, &tag);
+                // One image at a time too (a request on the thread team).
+                let one = clf.logits_for_input(&input[..432]).unwrap();
+                assert_agree(&one, &want[..1], &tag);
+            }
+        }
+        // Switching layouts on one classifier keeps its results.
+        let clf = load(&bytes).with_native().unwrap();
+        let a = clf.logits_for_input(&input).unwrap();
+        let clf = clf.with_layout(NativeLayout::Flat).unwrap();
+        let b = clf.logits_for_input(&input).unwrap();
+        let clf = clf.with_layout(NativeLayout::Blocked).unwrap();
+        assert_agree(&clf.logits_for_input(&input).unwrap(), &b, &tag);
+        assert_agree(&a, &want, &tag);
+    }
+    let narrow = load(&resnet_like(true, false, None, Shortcut::Pad))
+        .with_native()
+        .unwrap();
+    let Err(e) = narrow.with_layout(NativeLayout::Blocked) else {
+        panic!("a blocked layout for channels padded by 4")
+    };
+    let e = e.to_string();
+    assert!(
+        e.contains("no blocked form") && e.contains("channel padding by 4"),
+        "{e}"
+    );
 }
 
 #[test]

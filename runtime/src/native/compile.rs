@@ -679,8 +679,12 @@ impl Graph {
             input,
             output,
             classes,
+            blocked: Err(String::new()),
+            use_blocked: false,
         };
         graph.fuse();
+        // Before the flat packing below drops the weights it packs.
+        graph.blocked = super::blocked::Plan::compile(&graph);
         for s in &mut graph.steps {
             if let Step::Conv {
                 dims,

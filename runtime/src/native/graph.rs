@@ -10,6 +10,11 @@ pub(crate) struct Graph {
     pub(super) input: usize,
     pub(super) output: usize,
     pub(super) classes: usize,
+    /// The same graph in the channel-blocked layout, when every step has a blocked form; else
+    /// why not.
+    pub(super) blocked: Result<super::blocked::Plan, String>,
+    /// Runs [`Graph::blocked`] (chosen at load, see [`crate::executor`]).
+    pub(super) use_blocked: bool,
 }
 
 pub(super) enum Step {
@@ -112,5 +117,22 @@ impl Step {
 impl Graph {
     pub fn classes(&self) -> usize {
         self.classes
+    }
+
+    /// Whether the graph has a channel-blocked form ([`super::blocked`]); else why not.
+    pub fn blocked_form(&self) -> Result<(), &str> {
+        self.blocked.as_ref().map(|_| ()).map_err(String::as_str)
+    }
+
+    /// Runs the blocked form from now on (when it has one) or the flat one. The value buffers of
+    /// one layout must not be reused with the other.
+    pub fn set_blocked(&mut self, on: bool) {
+        self.use_blocked = on && self.blocked.is_ok();
+    }
+
+    /// Forgets the blocked form (it disagreed with tract, or was not checked), saying why.
+    pub fn drop_blocked(&mut self, why: String) {
+        self.blocked = Err(why);
+        self.use_blocked = false;
     }
 }

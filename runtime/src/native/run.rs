@@ -6,9 +6,19 @@ use super::graph::{Graph, Step};
 use crate::team::Team;
 
 /// The values a step reads: the graph input (the caller's slice) or computed ones.
-struct Values<'a> {
+pub(super) struct Values<'a> {
     input: (usize, &'a [f32]),
     bufs: &'a [Vec<f32>],
+}
+
+impl<'a> Values<'a> {
+    /// Every value from `bufs` (the input too).
+    pub(super) fn of(bufs: &'a [Vec<f32>]) -> Values<'a> {
+        Values {
+            input: (usize::MAX, &[]),
+            bufs,
+        }
+    }
 }
 
 impl std::ops::Index<usize> for Values<'_> {
@@ -34,9 +44,32 @@ impl Graph {
         bufs: &mut Vec<Vec<f32>>,
         team: Option<&Team>,
     ) -> Vec<f32> {
+        // The last buffer tags the layout the others hold: values of one layout are never read
+        // as the other's (the blocked one relies on the zero borders it left).
+        let values = self.shapes.len();
+        let blocked = self.use_blocked && self.blocked.is_ok();
+        let tag = [if blocked { 1.0 } else { 0.0 }];
+        if bufs.len() != values + 1 || bufs[values][..] != tag {
+            bufs.clear();
+            bufs.resize_with(values, Vec::new);
+            bufs.push(tag.to_vec());
+        }
+        let bufs = &mut bufs[..values];
+        match &self.blocked {
+            Ok(plan) if blocked => plan.run(self, n, input, bufs, team),
+            _ => self.run_flat(n, input, bufs, team),
+        }
+    }
+
+    fn run_flat(
+        &self,
+        n: usize,
+        input: &[f32],
+        bufs: &mut [Vec<f32>],
+        team: Option<&Team>,
+    ) -> Vec<f32> {
         let size = |id: usize| n * self.shapes[id].iter().product::<usize>();
         assert_eq!(input.len(), size(self.input), "input of the wrong size");
-        bufs.resize_with(self.shapes.len(), Vec::new);
         for s in &self.steps {
             let yid = s.output();
             let mut y = std::mem::take(&mut bufs[yid]);
@@ -51,7 +84,14 @@ impl Graph {
         bufs[self.output].clone()
     }
 
-    fn step(&self, s: &Step, n: usize, bufs: &Values, y: &mut [f32], team: Option<&Team>) {
+    pub(super) fn step(
+        &self,
+        s: &Step,
+        n: usize,
+        bufs: &Values,
+        y: &mut [f32],
+        team: Option<&Team>,
+    ) {
         let relu_if = |v: f32, relu: bool| if relu { v.max(0.0) } else { v };
         match s {
             Step::Conv {
