@@ -256,6 +256,15 @@ impl Conv {
             .flat_map(|kh| (0..self.k).map(move |kw| (kh * xl.row() + kw) * LANES))
             .collect();
         let per = self.tiles(isa, yl);
+        // Each output pixel's input offset (its first tap, lane 0 of block 0) and output offset.
+        let at: Vec<[usize; 2]> = (0..yl.h * yl.w)
+            .map(|p| {
+                let (r, q) = (p / yl.w, p % yl.w);
+                let ir = r * self.stride + xl.border - self.pad;
+                let iq = q * self.stride + xl.border - self.pad;
+                [(ir * xl.row() + iq) * LANES, yl.at(0, r, q)]
+            })
+            .collect();
         let yp = SendPtr(y.as_mut_ptr());
         let run = |tiles: Range<usize>| {
             for t in tiles {
@@ -264,7 +273,7 @@ impl Conv {
                 // SAFETY: tiles write disjoint pixels or channel blocks of `y`.
                 let y_img = unsafe { std::slice::from_raw_parts_mut(yp.get().add(yi), yl.len()) };
                 let r_img = residual.map(|r| &r[yi..][..yl.len()]);
-                self.tile(isa, t % per, xl, xi, yl, y_img, r_img, relu, &taps);
+                self.tile(isa, t % per, (xl, xi), (yl, y_img), r_img, relu, &taps, &at);
             }
         };
         match within {
@@ -283,13 +292,12 @@ impl Conv {
         &self,
         isa: Isa,
         t: usize,
-        xl: &Layout,
-        x: &[f32],
-        yl: &Layout,
-        y: &mut [f32],
+        (xl, x): (&Layout, &[f32]),
+        (yl, y): (&Layout, &mut [f32]),
         residual: Option<&[f32]>,
         relu: bool,
         taps: &[usize],
+        at: &[[usize; 2]],
     ) {
         let (blocks, pixels) = geometry(isa);
         let npix = yl.h * yl.w;
@@ -307,14 +315,9 @@ impl Conv {
             x_plane: xl.plane(),
             y_plane: yl.plane(),
         };
-        for i in 0..np {
-            let (r, q) = ((p0 + i) / yl.w, (p0 + i) % yl.w);
-            let (ir, iq) = (
-                r * self.stride + xl.border - self.pad,
-                q * self.stride + xl.border - self.pad,
-            );
-            tile.x_at[i] = (ir * xl.row() + iq) * LANES;
-            tile.y_at[i] = yl.at(0, r, q);
+        for (i, &[xa, ya]) in at[p0..p0 + np].iter().enumerate() {
+            tile.x_at[i] = xa;
+            tile.y_at[i] = ya;
         }
         // The highest offsets any tap of the tile reads and any pixel writes are in bounds.
         let last_x = tile.x_at[np - 1].max(tile.x_at[0]) + taps.last().copied().unwrap_or(0);

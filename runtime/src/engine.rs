@@ -34,7 +34,13 @@ pub(crate) struct Engine {
     executor: Executor,
     /// Thread teams for one request's convolutions, by size.
     teams: Mutex<HashMap<usize, Arc<Team>>>,
+    /// The native executor's value buffers of finished sessions, for the next ones: a request
+    /// neither allocates nor zeroes them again.
+    spare_bufs: Mutex<Vec<Vec<Vec<f32>>>>,
 }
+
+/// Buffer sets [`Engine::spare_bufs`] keeps (one per worker thread of a request, or more).
+const SPARE_BUFS: usize = 16;
 
 impl Engine {
     /// Parses the graph with tract and builds the plan for the smallest usable batch, which also
@@ -80,6 +86,7 @@ impl Engine {
             classes: 0,
             executor: Executor::tract(String::new()),
             teams: Mutex::new(HashMap::new()),
+            spare_bufs: Mutex::new(Vec::new()),
         };
         let batch = fixed_batch.unwrap_or(1);
         let plan = engine.build_plan(batch)?;
@@ -189,12 +196,32 @@ pub(crate) struct Session<'a> {
     team: Option<Arc<Team>>,
 }
 
+impl Drop for Session<'_> {
+    /// Hands the value buffers back to the engine. Their content does not matter: the native graph
+    /// tags which layout they hold and starts afresh on a mismatch.
+    fn drop(&mut self) {
+        if self.bufs.is_empty() {
+            return;
+        }
+        if let Ok(mut spare) = self.engine.spare_bufs.lock() {
+            if spare.len() < SPARE_BUFS {
+                spare.push(std::mem::take(&mut self.bufs));
+            }
+        }
+    }
+}
+
 impl<'a> Session<'a> {
     pub fn new(engine: &'a Engine) -> Self {
+        let bufs = engine
+            .spare_bufs
+            .lock()
+            .map(|mut spare| spare.pop().unwrap_or_default())
+            .unwrap_or_default();
         Session {
             engine,
             states: HashMap::new(),
-            bufs: Vec::new(),
+            bufs,
             team: None,
         }
     }
