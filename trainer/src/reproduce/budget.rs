@@ -461,19 +461,18 @@ pub fn reproduce(plan: &ReproducePlan) -> anyhow::Result<Option<super::report::R
         let grid = grid_runs(scale, &lr, &t, plan)?;
         grid.iter().for_each(|r| show("grid", r));
         if plan.zoo.is_some() {
-            match super::zoo::pick(scale, &points(&grid), plan.zoo.as_deref()) {
-                Ok((sc, pc)) => println!(
-                    "zoo   {} {} ep seed {} ({:.2} %) and {} {} ep seed {} ({:.2} %)",
-                    sc.schedule,
-                    sc.epochs,
-                    sc.seed,
-                    100.0 * sc.val_acc,
-                    pc.schedule,
-                    pc.epochs,
-                    pc.seed,
-                    100.0 * pc.val_acc
-                ),
-                Err(why) => println!("zoo   waiting: {why}"),
+            let (sc, pc) = super::zoo::picks(scale, &points(&grid), plan.zoo.as_deref());
+            for p in [sc, pc] {
+                match p {
+                    Ok(c) => println!(
+                        "zoo   {} {} ep seed {} ({:.2} %)",
+                        c.schedule,
+                        c.epochs,
+                        c.seed,
+                        100.0 * c.val_acc
+                    ),
+                    Err(why) => println!("zoo   waiting: {why}"),
+                }
             }
         }
         for s in &scale.schedules {
@@ -895,10 +894,11 @@ fn build_report(
     // next run.
     if let Some(dir) = &plan.zoo {
         match super::zoo::write(dir, &plan.scale, scale, plan, &report.points) {
-            Ok(Ok(models)) => {
-                let list: Vec<String> = (models.iter())
+            Ok(Ok((models, waiting))) => {
+                let mut list: Vec<String> = (models.iter())
                     .map(|m| format!("{} ({:.2} %)", m.file, 100.0 * m.val_acc))
                     .collect();
+                list.extend(waiting.iter().map(|w| format!("waiting: {w}")));
                 eprintln!("zoo {}: {}", dir.display(), list.join(", "));
             }
             Ok(Err(why)) => eprintln!("zoo {}: not written yet: {why}", dir.display()),

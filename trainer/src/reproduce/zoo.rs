@@ -2,7 +2,9 @@
 //! best one-cycle run at the headline's one-cycle budget or less, and PC-LR at the headline's
 //! PC-LR budget (its counterpart: the epochs it is compared at), are copied as ONNX files with a
 //! model card (`README.md`) and `zoo.json`. Rewritten after every run, so the zoo always holds the
-//! best run finished so far; nothing is written until both models exist.
+//! best run finished so far; each model is written as soon as it is known (the other may still be
+//! training), so that a run directory restored from a commit, which keeps no model file, still
+//! has its model in the zoo.
 
 use std::path::{Path, PathBuf};
 
@@ -124,6 +126,17 @@ pub fn pick(
     points: &[Point],
     zoo: Option<&Path>,
 ) -> Result<(Candidate, Candidate), String> {
+    let (sc, pc) = picks(scale, points, zoo);
+    Ok((sc?, pc?))
+}
+
+/// The zoo's two models as far as they are known ([`pick`]); each `Err` says what it waits for.
+/// PC-LR's model is its run with the one-cycle model's seed, else its best.
+pub fn picks(
+    scale: &BudgetScale,
+    points: &[Point],
+    zoo: Option<&Path>,
+) -> (Result<Candidate, String>, Result<Candidate, String>) {
     let h = &scale.headline;
     let sc = candidates(points, zoo, |p| {
         p.role == Role::Sc && p.epochs <= h.sc_epochs
@@ -143,18 +156,19 @@ pub fn pick(
                 "no one-cycle run of the grid at {} epochs or less has finished yet",
                 h.sc_epochs
             )
-        })?;
+        });
     let pc = candidates(points, zoo, |p| {
         p.schedule == h.pc && p.epochs == h.pc_epochs
     });
-    let counterpart = match pc.iter().find(|c| c.seed == best.seed) {
-        Some(c) => c.clone(),
+    let seed = best.as_ref().ok().map(|b| b.seed);
+    let counterpart = match pc.iter().find(|c| Some(c.seed) == seed) {
+        Some(c) => Ok(c.clone()),
         None => pc
             .into_iter()
             .max_by(|a, b| a.val_acc.total_cmp(&b.val_acc).then(b.seed.cmp(&a.seed)))
-            .ok_or_else(|| format!("{} at {} epochs has not finished", h.pc, h.pc_epochs))?,
+            .ok_or_else(|| format!("{} at {} epochs has not finished", h.pc, h.pc_epochs)),
     };
-    Ok((best, counterpart))
+    (best, counterpart)
 }
 
 fn slug(s: &str) -> String {
@@ -232,7 +246,9 @@ fn model(c: &Candidate, points: &[Point], zoo: &Path) -> anyhow::Result<ZooModel
 const CARD: &str = "README.md";
 const INDEX: &str = "zoo.json";
 
-/// Writes the zoo when both models exist; returns what it wrote, or why it waits. Files the
+/// Writes the zoo's models as each becomes known (a run directory restored from a commit keeps
+/// no model file, so a model is kept in the zoo as soon as it is picked); returns what it wrote
+/// and what it still waits for, or only why it waits when neither model exists. Files the
 /// previous zoo listed and this one does not are removed; nothing else in `dir` is touched.
 pub fn write(
     dir: &Path,
@@ -240,11 +256,15 @@ pub fn write(
     scale: &BudgetScale,
     plan: &super::ReproducePlan,
     points: &[Point],
-) -> anyhow::Result<Result<Vec<ZooModel>, String>> {
-    let (sc, pc) = match pick(scale, points, Some(dir)) {
-        Ok(p) => p,
-        Err(why) => return Ok(Err(why)),
-    };
+) -> anyhow::Result<Result<(Vec<ZooModel>, Vec<String>), String>> {
+    let (sc, pc) = picks(scale, points, Some(dir));
+    let waiting: Vec<String> = [&sc, &pc]
+        .iter()
+        .filter_map(|p| p.as_ref().err().cloned())
+        .collect();
+    if sc.is_err() && pc.is_err() {
+        return Ok(Err(waiting.join("; ")));
+    }
     check_dir(dir)?;
     crate::io::remove_stale_temps(dir);
     let before: Vec<String> = std::fs::read_to_string(dir.join(INDEX))
@@ -256,9 +276,12 @@ pub fn write(
                 .collect()
         })
         .unwrap_or_default();
-    let models = vec![model(&sc, points, dir)?, model(&pc, points, dir)?];
+    let mut models = Vec::new();
+    for c in [sc.ok(), pc.ok()].into_iter().flatten() {
+        models.push(model(&c, points, dir)?);
+    }
     // The index last: its checksums describe files already in place.
-    let card = card(dir, scale_name, scale, plan, &models);
+    let card = card(dir, scale_name, scale, plan, &models, &waiting);
     write_atomic(&dir.join(CARD), card.as_bytes())?;
     write_json(&dir.join(INDEX), &models)?;
     for old in before {
@@ -268,7 +291,7 @@ pub fn write(
             let _ = std::fs::remove_file(dir.join(old));
         }
     }
-    Ok(Ok(models))
+    Ok(Ok((models, waiting)))
 }
 
 /// The zoo directory can be written, and its README.md, if any, is a card this command wrote.
@@ -307,6 +330,7 @@ fn card(
     scale: &BudgetScale,
     plan: &super::ReproducePlan,
     m: &[ZooModel],
+    waiting: &[String],
 ) -> String {
     let h = &scale.headline;
     let arch = m.first().map_or("the model", |x| x.arch.as_str());
@@ -345,6 +369,9 @@ fn card(
                 x.machines.join("; ")
             }
         );
+    }
+    for w in waiting {
+        s += &format!("\n**Still to come:** {w}. The experiment writes it here when it has.\n");
     }
     let (train, val) = m.first().map_or((0, 0), |x| (x.train_images, x.val_images));
     s += &format!(
@@ -484,6 +511,10 @@ mod tests {
         ];
         let waiting = pick(&scale, &points, None).unwrap_err();
         assert!(waiting.contains("pc-lr at 2 epochs"), "{waiting}");
+        // The one-cycle model is known already.
+        let (sc, pc) = picks(&scale, &points, None);
+        assert_eq!(sc.unwrap().seed, 1);
+        assert!(pc.unwrap_err().contains("pc-lr at 2 epochs"));
         points.push(point(
             "pc-lr",
             Role::Pc,
