@@ -270,8 +270,10 @@ impl Conv {
             for t in tiles {
                 let img = t / per;
                 let (xi, yi) = (&x[img * xl.len()..][..xl.len()], img * yl.len());
-                // SAFETY: tiles write disjoint pixels or channel blocks of `y`.
-                let y_img = unsafe { std::slice::from_raw_parts_mut(yp.get().add(yi), yl.len()) };
+                // SAFETY: `y` holds `n` images of `yl.len()` values (asserted above). Tiles on
+                // other threads write other pixels or channel blocks of the same image, so the
+                // image is passed as a pointer, never as a `&mut` slice.
+                let y_img = unsafe { yp.get().add(yi) };
                 let r_img = residual.map(|r| &r[yi..][..yl.len()]);
                 self.tile(isa, t % per, (xl, xi), (yl, y_img), r_img, relu, &taps, &at);
             }
@@ -293,7 +295,7 @@ impl Conv {
         isa: Isa,
         t: usize,
         (xl, x): (&Layout, &[f32]),
-        (yl, y): (&Layout, &mut [f32]),
+        (yl, y): (&Layout, *mut f32),
         residual: Option<&[f32]>,
         relu: bool,
         taps: &[usize],
@@ -322,9 +324,10 @@ impl Conv {
         // The highest offsets any tap of the tile reads and any pixel writes are in bounds.
         let last_x = tile.x_at[np - 1].max(tile.x_at[0]) + taps.last().copied().unwrap_or(0);
         assert!((xl.blocks() - 1) * xl.plane() + last_x + LANES <= x.len());
-        assert!((ob + nb - 1) * yl.plane() + tile.y_at[np - 1] + LANES <= y.len());
+        // `y` points at one image of `yl.len()` values (`forward_on`).
+        assert!((ob + nb - 1) * yl.plane() + tile.y_at[np - 1] + LANES <= yl.len());
         let r = residual.map_or(std::ptr::null(), |r| r.as_ptr());
-        let (x, y) = (x.as_ptr(), y.as_mut_ptr());
+        let x = x.as_ptr();
         #[cfg(target_arch = "x86_64")]
         if isa == Isa::Avx512 {
             let pairs = nb / 2;

@@ -17,7 +17,6 @@ use crate::runner::{self, Parallelism};
 /// fastest path per image (see docs/PERFORMANCE.md).
 pub const DEFAULT_CHUNK: usize = 1;
 
-/// One class and its softmax probability.
 /// How the native executor lays out a graph's feature maps (see `sc_kernels::blocked`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NativeLayout {
@@ -27,6 +26,7 @@ pub enum NativeLayout {
     Blocked,
 }
 
+/// One class and its softmax probability.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Prediction {
     /// Index into the model's classes (the logit index).

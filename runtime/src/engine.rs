@@ -39,8 +39,11 @@ pub(crate) struct Engine {
     spare_bufs: Mutex<Vec<Vec<Vec<f32>>>>,
 }
 
-/// Buffer sets [`Engine::spare_bufs`] keeps (one per worker thread of a request, or more).
-const SPARE_BUFS: usize = 16;
+/// Buffer sets [`Engine::spare_bufs`] keeps: one per core, as many as a request's workers (each
+/// set is sized for the largest batch it ran, so more would only hold memory).
+fn spare_bufs() -> usize {
+    crate::classifier::default_threads()
+}
 
 impl Engine {
     /// Parses the graph with tract and builds the plan for the smallest usable batch, which also
@@ -204,7 +207,7 @@ impl Drop for Session<'_> {
             return;
         }
         if let Ok(mut spare) = self.engine.spare_bufs.lock() {
-            if spare.len() < SPARE_BUFS {
+            if spare.len() < spare_bufs() {
                 spare.push(std::mem::take(&mut self.bufs));
             }
         }
