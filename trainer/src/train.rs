@@ -431,7 +431,8 @@ struct MetricsFile(std::io::BufWriter<std::fs::File>);
 
 impl MetricsFile {
     /// Empties the file for a fresh run, or keeps the rows up to `resume_from` (the checkpoint's
-    /// iteration) for a resumed one.
+    /// iteration) for a resumed one. A resumed run without the file (a run directory restored
+    /// with its checkpoint only) starts a new one at the checkpoint.
     fn open(run_dir: &Path, resume_from: Option<usize>) -> anyhow::Result<MetricsFile> {
         let path = run_dir.join(run_dir::METRICS);
         match resume_from {
@@ -439,6 +440,7 @@ impl MetricsFile {
             None => write_atomic(&path, b"")?,
         }
         let file = std::fs::OpenOptions::new()
+            .create(true)
             .append(true)
             .open(&path)
             .with_context(|| format!("cannot open {}", path.display()))?;

@@ -125,6 +125,24 @@ fn same_seed_same_metrics_and_resume_is_exact() {
             .unwrap();
         assert_eq!(d, 0.0, "{k} differs after resume");
     }
+
+    // A run directory restored with its checkpoint only (no metrics.jsonl, as the budget
+    // experiment commits it): the run resumes and ends as the uninterrupted one.
+    let d = tmp.path().join("d");
+    let mut opts = quiet();
+    opts.stop_after = Some(7);
+    fit(cfg.clone(), &d, &opts).unwrap();
+    std::fs::remove_file(d.join("metrics.jsonl")).unwrap();
+    std::fs::remove_file(d.join("checkpoint.prev.safetensors")).ok();
+    opts.resume = true;
+    opts.stop_after = None;
+    let s = fit(cfg, &d, &opts).unwrap();
+    assert_eq!((s.outcome, s.iterations), (Outcome::Finished, 20));
+    let (full, restored) = (learning_curve(&a), learning_curve(&d));
+    assert!(
+        !restored.is_empty() && full.ends_with(&restored),
+        "{restored:?} vs {full:?}"
+    );
 }
 
 #[test]
