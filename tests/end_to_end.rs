@@ -86,6 +86,21 @@ fn runtime_accuracy_equals_the_trainers_on_the_same_weights() {
     let onnx = std::fs::read(run.join("model.onnx")).unwrap();
     let text = String::from_utf8_lossy(&onnx);
     assert!(text.contains(&format!("{:.6}", summary.final_val_acc.unwrap())));
+    // The run's validation images, written by `sc-trainer data holdout`, give the runtime the
+    // validation accuracy the trainer recorded (the figure a model card quotes).
+    let val = tmp.path().join("val.bin");
+    let h = sc_trainer::data::write_holdout(&run, None, &val).unwrap();
+    assert_eq!((h.images, h.classes), (50, 10));
+    let v = clf
+        .evaluate(&Dataset::open(&val, Split::Test).unwrap())
+        .unwrap();
+    assert_eq!(v.images, 50);
+    assert!(
+        (v.accuracy - summary.final_val_acc.unwrap()).abs() < 1e-9,
+        "runtime {} on the holdout vs the trainer's validation {:?}",
+        v.accuracy,
+        summary.final_val_acc
+    );
     // Above chance: the pipeline learns, so the comparison is not between two constant answers.
     assert!(
         eval.accuracy > 0.3,

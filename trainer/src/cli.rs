@@ -87,10 +87,24 @@ pub enum DataCommand {
         #[arg(long)]
         quiet: bool,
     },
+    /// Write the images a run held out for validation as a data file `sc-runtime eval` reads
+    /// (CIFAR binary records for 3x32x32 data, else an IDX pair), so that the exported model's
+    /// validation accuracy can be checked outside the trainer.
+    Holdout {
+        /// The run directory (its config.json says which images were held out).
+        run_dir: PathBuf,
+        /// The training data, where it is on this machine [default: the run's own path].
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// The file to write: CIFAR records (e.g. val.bin), or for other shapes an IDX images
+        /// file (e.g. val-images-idx3-ubyte) with its labels beside it.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 impl DataCommand {
-    /// The validated download plan.
+    /// The validated download plan (`fetch` only).
     pub fn to_plan(&self) -> anyhow::Result<crate::fetch::FetchPlan> {
         let DataCommand::Fetch {
             set,
@@ -98,7 +112,10 @@ impl DataCommand {
             url,
             timeout,
             quiet,
-        } = self;
+        } = self
+        else {
+            bail!("not a download: {self:?}");
+        };
         if !(timeout.is_finite() && *timeout > 0.0 && *timeout < 1e6) {
             bail!("--timeout {timeout}: give a number of seconds above 0");
         }

@@ -11,6 +11,7 @@ use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use anyhow::Context;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -313,6 +314,99 @@ impl DataConfig {
 }
 
 /// `k` images from `pool` (already shuffled), as evenly over the classes as the pool allows.
+/// What [`write_holdout`] wrote.
+#[derive(Debug, Clone)]
+pub struct Holdout {
+    pub images: usize,
+    pub classes: usize,
+    pub files: Vec<std::path::PathBuf>,
+}
+
+/// Writes the images the run in `run_dir` held out for validation, in a format `sc-runtime eval`
+/// reads: CIFAR-10 binary records for CIFAR-10 (`out`, e.g. `val.bin`), an IDX pair for
+/// one-channel data (`out` names the images file, `...-images-idx3-ubyte`; the labels go beside
+/// it). `data` replaces the run's data path (the same set on another machine). Each file is
+/// written atomically.
+pub fn write_holdout(
+    run_dir: &std::path::Path,
+    data: Option<&std::path::Path>,
+    out: &std::path::Path,
+) -> anyhow::Result<Holdout> {
+    let mut cfg = crate::run_dir::read_config(run_dir)?;
+    if let Some(d) = data {
+        cfg.data.path = d.to_path_buf();
+    }
+    if cfg.data.is_image_folder() {
+        anyhow::bail!(
+            "{}: the run trained on a folder of images ({}); evaluate its validation images there \
+             (sc-runtime eval reads DIR/val/ directly)",
+            run_dir.display(),
+            cfg.data.path.display()
+        );
+    }
+    let val = cfg
+        .data
+        .load()
+        .with_context(|| format!("{}: its training data", run_dir.display()))?
+        .val;
+    let (c, h, w) = (val.channels, val.height, val.width);
+    let px = c * h * w;
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let files = if (c, h, w) == (3, 32, 32)
+        && val
+            .class_names
+            .iter()
+            .eq(sc_data::dataset::CIFAR10_CLASSES.iter())
+    {
+        let mut bytes = Vec::with_capacity(val.len() * (px + 1));
+        for i in 0..val.len() {
+            bytes.push(val.labels[i]);
+            bytes.extend_from_slice(&val.images[i * px..(i + 1) * px]);
+        }
+        crate::io::write_atomic(out, &bytes)?;
+        vec![out.to_path_buf()]
+    } else if c == 1 {
+        if !name.contains("images-idx3") {
+            anyhow::bail!(
+                "{}: one-channel data is written as an IDX pair; name the images file \
+                 ...-images-idx3-ubyte (its labels go beside it as ...-labels-idx1-ubyte)",
+                out.display()
+            );
+        }
+        let labels = out.with_file_name(name.replace("images-idx3", "labels-idx1"));
+        let n = val.len() as u32;
+        let mut img = Vec::with_capacity(16 + val.images.len());
+        for v in [0x0803u32, n, h as u32, w as u32] {
+            img.extend_from_slice(&v.to_be_bytes());
+        }
+        img.extend_from_slice(&val.images);
+        let mut lab = Vec::with_capacity(8 + val.labels.len());
+        for v in [0x0801u32, n] {
+            lab.extend_from_slice(&v.to_be_bytes());
+        }
+        lab.extend_from_slice(&val.labels);
+        crate::io::write_atomic(&labels, &lab)?;
+        crate::io::write_atomic(out, &img)?;
+        vec![out.to_path_buf(), labels]
+    } else {
+        anyhow::bail!(
+            "{}: its data ({}, {c}x{h}x{w}, {} classes) has no file format here that keeps its \
+             classes; CIFAR-10 and one-channel (IDX) sets are written",
+            run_dir.display(),
+            cfg.data.path.display(),
+            val.num_classes()
+        );
+    };
+    Ok(Holdout {
+        images: val.len(),
+        classes: val.num_classes(),
+        files,
+    })
+}
+
 fn balanced_subset(all: &Dataset, pool: &[usize], k: usize) -> Vec<usize> {
     let classes = all.num_classes();
     let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use sc_trainer::cli::{Cli, Command};
+use sc_trainer::cli::{Cli, Command, DataCommand};
 use sc_trainer::config::default_runs_dir;
 use sc_trainer::run_dir::{read_config, run_dir_for};
 use sc_trainer::train::{fit, FitOptions};
@@ -106,6 +106,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     r.worst_grad
                 );
             }
+            Ok(())
+        }
+        Command::Data(DataCommand::Holdout { run_dir, data, out }) => {
+            let h = sc_trainer::data::write_holdout(&run_dir, data.as_deref(), &out)?;
+            println!(
+                "wrote {} validation images of {} ({} classes) to {}",
+                h.images,
+                run_dir.display(),
+                h.classes,
+                h.files
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            );
+            println!("check:  sc-runtime eval MODEL {}", out.display());
             Ok(())
         }
         Command::Data(cmd) => {

@@ -421,3 +421,79 @@ fn config_file_errors_name_the_file_and_clr_defaults_its_step_size() {
     ]);
     assert_eq!(code, 0, "{err}");
 }
+
+/// `data holdout` writes exactly the images the run validated on, in a format the runtime reads,
+/// and refuses what it cannot write with a message naming the run or file.
+#[test]
+fn holdout_writes_the_run_s_validation_images() {
+    use sc_data::dataset::{Dataset, Split};
+    let tmp = tempfile::tempdir().unwrap();
+    for (kind, out_name) in [("cifar", "val.bin"), ("idx", "val-images-idx3-ubyte")] {
+        let data = tmp.path().join(kind);
+        std::fs::create_dir(&data).unwrap();
+        let mut cfg = if kind == "cifar" {
+            common::tiny_config(&common::make_cifar(&data, 12), 1)
+        } else {
+            common::tiny_config(&common::make_idx(&data, 90, 12, 4, 3), 1)
+        };
+        cfg.data.val_size = 17;
+        cfg.data.split_seed = 5;
+        let dir = tmp.path().join(format!("run-{kind}"));
+        std::fs::create_dir(&dir).unwrap();
+        // The run's config names a path elsewhere; --data says where the set is here.
+        let mut moved = cfg.clone();
+        moved.data.path = "/data/on/another/machine".into();
+        sc_trainer::io::write_json(&dir.join("config.json"), &moved).unwrap();
+        let out = tmp.path().join(out_name);
+        let (code, err) = run(&[
+            "data",
+            "holdout",
+            dir.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{kind}: {err}");
+        let want = cfg.data.load().unwrap().val;
+        let got = Dataset::open(&out, Split::Test).unwrap();
+        assert_eq!(got.labels, want.labels, "{kind}");
+        assert_eq!(got.images, want.images, "{kind}");
+        assert_eq!(got.len(), 17);
+        // Without --data, the run's own path (gone here) is named.
+        expect_error(
+            &[
+                "data",
+                "holdout",
+                dir.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            &["/data/on/another/machine"],
+        );
+    }
+    // An IDX set needs an IDX images name for its pair.
+    expect_error(
+        &[
+            "data",
+            "holdout",
+            tmp.path().join("run-idx").to_str().unwrap(),
+            "--data",
+            tmp.path().join("idx").to_str().unwrap(),
+            "--out",
+            tmp.path().join("val.bin").to_str().unwrap(),
+        ],
+        &["val.bin", "images-idx3"],
+    );
+    // Not a run directory.
+    expect_error(
+        &[
+            "data",
+            "holdout",
+            tmp.path().join("idx").to_str().unwrap(),
+            "--out",
+            "x.bin",
+        ],
+        &["config.json"],
+    );
+}

@@ -11,9 +11,10 @@
 //!    **Weight decay** is then chosen per schedule the same way: every candidate at
 //!    `tune_epochs` (with the chosen max LR); the best wins (ties: the first candidate).
 //! 2. **The grid**: each schedule at each of its budgets with its chosen weight decay; the
-//!    headline pair with more seeds. The pair's first seed runs first (the comparison, and the
-//!    models `--zoo` ships), then the cheapest runs, so a partial experiment already has its
-//!    short budgets.
+//!    headline pair with more seeds. The pair's first seed runs as soon as its two schedules are
+//!    tuned, before the other schedules' tuning (the comparison, and the models `--zoo` ships);
+//!    then the rest of the tuning, then the cheapest runs, so a partial experiment already has
+//!    its short budgets.
 //! 3. **The report**: the table, the plot (log epochs), the speed-up (the epochs PC-LR needs to
 //!    match one cycle's accuracy, interpolated on log epochs, over one cycle's epochs), claim 1
 //!    at every budget both schedules ran, and the headline against its target.
@@ -509,18 +510,52 @@ pub fn reproduce(plan: &ReproducePlan) -> anyhow::Result<Option<super::report::R
         lr_runs = lr_tuning_runs(scale, plan)?;
     }
     let lr = lr_tunings(scale, &lr_runs);
-    let tune = tuning_runs(scale, &lr, plan)?;
-    for r in &tune {
+    // Weight decay and the grid, one run at a time: the plan is made again after each run, so
+    // that a schedule's grid opens as soon as its own tuning ends (the headline pair need not
+    // wait for the other schedules' tuning).
+    loop {
+        let tune = tuning_runs(scale, &lr, plan)?;
+        let t = tunings(scale, &tune);
+        let grid = grid_runs(scale, &lr, &t, plan)?;
+        let Some(r) = next_run(scale, &tune, &grid, |r| status(&r.run.dir)) else {
+            return Ok(Some(build_report(&preset, scale, plan, &lr, &t, &grid)?));
+        };
         super::do_run(&r.run, plan.progress)?;
+        if !finished(&r.run.dir) {
+            bail!("run {} ended without a summary", r.run.dir.display());
+        }
+        if grid.iter().any(|g| g.run.dir == r.run.dir) {
+            // The report after every grid run: an experiment spread over sessions always has
+            // one.
+            let t = tunings(scale, &tune);
+            build_report(&preset, scale, plan, &lr, &t, &grid)?;
+        }
     }
-    let t = tunings(scale, &tune);
-    let grid = grid_runs(scale, &lr, &t, plan)?;
-    for r in &grid {
-        super::do_run(&r.run, plan.progress)?;
-        // The report after every run: an experiment spread over sessions always has one.
-        build_report(&preset, scale, plan, &lr, &t, &grid)?;
-    }
-    Ok(Some(build_report(&preset, scale, plan, &lr, &t, &grid)?))
+}
+
+/// The next run to train: one already started (finish what a session began), else the headline
+/// pair's first seed as soon as its schedules are tuned (the comparison and the zoo's models),
+/// then the tuning runs, then the rest of the grid in its order (cheapest first). `status` is
+/// [`status`]'s word for a run. None: everything has ended.
+fn next_run<'a>(
+    scale: &BudgetScale,
+    tune: &'a [BudgetRun],
+    grid: &'a [BudgetRun],
+    status: impl Fn(&BudgetRun) -> &'static str,
+) -> Option<&'a BudgetRun> {
+    let h = &scale.headline;
+    let pair = |r: &&BudgetRun| {
+        r.run.seed == 0
+            && ((r.run.group == h.sc && r.epochs == h.sc_epochs)
+                || (r.run.group == h.pc && r.epochs == h.pc_epochs))
+    };
+    let all = || tune.iter().chain(grid);
+    all().find(|r| status(r) == "started").or_else(|| {
+        grid.iter()
+            .filter(pair)
+            .chain(all())
+            .find(|r| matches!(status(r), "to do"))
+    })
 }
 
 /// One schedule at one budget over its seeds.
@@ -1333,6 +1368,72 @@ mod tests {
             .find(|r| r.weight_decay == 5e-4 && r.run.role == Role::Pc)
             .unwrap();
         assert!(grid.iter().any(|g| g.run.dir == t.run.dir));
+    }
+
+    #[test]
+    fn the_headline_pair_runs_as_soon_as_its_schedules_are_tuned_then_tuning_then_the_grid() {
+        let p = load().unwrap();
+        let s = &p.scale["cpu"];
+        let h = &s.headline;
+        let lr = lr_chosen(s, 0.2);
+        let tune = tuning_runs(s, &lr, &plan(1)).unwrap();
+        // Only the headline pair's schedules are tuned; the others still have tuning to do.
+        let t: Vec<Tuning> = s
+            .schedules
+            .iter()
+            .map(|x| Tuning {
+                schedule: x.label.clone(),
+                what: "weight_decay".into(),
+                epochs: s.tune_epochs,
+                tried: vec![],
+                chosen: [&h.sc, &h.pc].contains(&&x.label).then_some(5e-4),
+            })
+            .collect();
+        let grid = grid_runs(s, &lr, &t, &plan(1)).unwrap();
+        let is = |r: &BudgetRun, label: &str, e: f64| {
+            r.run.group == label && r.epochs == e && r.run.seed == 0
+        };
+        let mut done: Vec<std::path::PathBuf> = Vec::new();
+        let word = |done: &[std::path::PathBuf], r: &BudgetRun| {
+            if done.contains(&r.run.dir) {
+                "done"
+            } else {
+                "to do"
+            }
+        };
+        let mut order = Vec::new();
+        while let Some(r) = next_run(s, &tune, &grid, |r| word(&done, r)) {
+            order.push(r);
+            done.push(r.run.dir.clone());
+        }
+        assert!(is(order[0], &h.sc, h.sc_epochs), "{:?}", order[0].run.dir);
+        assert!(is(order[1], &h.pc, h.pc_epochs), "{:?}", order[1].run.dir);
+        let tuned_to = 2 + tune.len();
+        assert!(
+            order[2..tuned_to]
+                .iter()
+                .all(|r| tune.iter().any(|x| x.run.dir == r.run.dir)),
+            "then the tuning runs"
+        );
+        assert_eq!(order.len(), {
+            let mut all: Vec<_> = tune.iter().chain(&grid).map(|r| &r.run.dir).collect();
+            all.sort();
+            all.dedup();
+            all.len()
+        });
+        // A run a session started comes first, wherever it stands in the order.
+        let last = order.last().unwrap().run.dir.clone();
+        let started = next_run(s, &tune, &grid, |r| {
+            if r.run.dir == last {
+                "started"
+            } else {
+                "to do"
+            }
+        });
+        assert_eq!(started.unwrap().run.dir, last);
+        // Nothing left (done or diverged): no next run.
+        assert!(next_run(s, &tune, &grid, |_| "done").is_none());
+        assert!(next_run(s, &tune, &grid, |_| "diverged").is_none());
     }
 
     #[test]

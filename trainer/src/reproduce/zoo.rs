@@ -403,6 +403,7 @@ fn card(
         .join(m.first().map_or("MODEL", |x| x.file.as_str()))
         .display()
         .to_string();
+    let run = m.first().map_or("RUN_DIR", |x| x.run.as_str());
     let mut again = format!(
         "sc-trainer reproduce budget --scale {scale_name} --data data/cifar10 --zoo {}",
         dir.display()
@@ -419,11 +420,15 @@ fn card(
     s += &format!(
         "\nEach file carries its recipe, classes, normalization and validation accuracy as ONNX \
          metadata (`sc-runtime info FILE` prints them).\n\n## Use them\n\n\
-         From the repository's root, with the binaries built (`cargo build --release`):\n\n```\n\
+         From the repository's root, with the binaries built (`cargo build --release -p \
+         sc-trainer -p sc-runtime`; both are in `target/release/`):\n\n```\n\
          sc-trainer data fetch cifar10          # the official archive, test set included, into data/cifar10\n\
          sc-runtime eval {f} cifar-test         # accuracy on the 10,000 test images\n\
          sc-runtime predict {f} photo.jpg       # top classes of one picture\n\
-         sc-runtime serve {f} --port 8080       # an HTTP service\n```\n\n\
+         sc-runtime serve {f} --port 8080       # an HTTP service\n\
+         # The validation figure above, from the file alone: the run's held-out images, then eval\n\
+         sc-trainer data holdout {run} --data data/cifar10 --out val.bin\n\
+         sc-runtime eval {f} val.bin\n```\n\n\
          ## Train them again\n\n```\nsc-trainer data fetch cifar10\n{again}\n```\n\n\
          The command resumes: finished runs are kept, unfinished ones continue from their \
          checkpoints (in `runs/reproduce/`, or `--runs DIR`).\n"
