@@ -18,6 +18,7 @@
 //! - A portable one on `[f32; 8]` lane arrays, vectorized by the compiler for what the target has.
 
 use std::ops::Range;
+use std::sync::{Arc, Mutex};
 
 use crate::conv::ForEach;
 use crate::micro::{isa, Isa};
@@ -126,6 +127,21 @@ pub struct Conv {
     /// The AVX-512 tile's filters (on CPUs that have it): two blocks per vector,
     /// `[pair of cout blocks][cin block][kh][kw][cin lane][16 cout lanes]`.
     w16: Vec<f32>,
+    /// The offsets of the last pair of layouts used, kept between calls: they depend on the
+    /// layouts only, and a request of one image would otherwise recompute them for every layer
+    /// on one thread before the tiles fan out.
+    offsets: Arc<Mutex<Option<Arc<Offsets>>>>,
+}
+
+/// A convolution's tap offsets and per-pixel input and output offsets for one pair of layouts.
+#[derive(Debug)]
+struct Offsets {
+    xl: Layout,
+    yl: Layout,
+    /// Each tap's offset from a pixel's first tap, in the input.
+    taps: Vec<usize>,
+    /// Each output pixel's input offset (its first tap, lane 0 of block 0) and output offset.
+    at: Vec<[usize; 2]>,
 }
 
 /// The part of an output a tile writes: `NP` pixels of `OB` channel blocks.
@@ -199,7 +215,38 @@ impl Conv {
             w,
             bias: b,
             w16,
+            offsets: Arc::default(),
         }
+    }
+
+    /// The offsets for `xl` and `yl`: the kept ones when the layouts are the same, else computed
+    /// (and kept).
+    fn offsets(&self, xl: &Layout, yl: &Layout) -> Arc<Offsets> {
+        // A poisoned lock only means another thread panicked while holding it; the cache is
+        // either a complete entry or none.
+        let mut kept = self.offsets.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(o) = kept.as_ref().filter(|o| o.xl == *xl && o.yl == *yl) {
+            return o.clone();
+        }
+        let taps = (0..self.k)
+            .flat_map(|kh| (0..self.k).map(move |kw| (kh * xl.row() + kw) * LANES))
+            .collect();
+        let at = (0..yl.h * yl.w)
+            .map(|p| {
+                let (r, q) = (p / yl.w, p % yl.w);
+                let ir = r * self.stride + xl.border - self.pad;
+                let iq = q * self.stride + xl.border - self.pad;
+                [(ir * xl.row() + iq) * LANES, yl.at(0, r, q)]
+            })
+            .collect();
+        let o = Arc::new(Offsets {
+            xl: *xl,
+            yl: *yl,
+            taps,
+            at,
+        });
+        *kept = Some(o.clone());
+        o
     }
 
     /// The output's `(h, w)` for an input of `(h, w)`.
@@ -258,19 +305,9 @@ impl Conv {
         if let Some(r) = residual {
             assert_eq!(r.len(), y.len());
         }
-        let taps: Vec<usize> = (0..self.k)
-            .flat_map(|kh| (0..self.k).map(move |kw| (kh * xl.row() + kw) * LANES))
-            .collect();
+        let offsets = self.offsets(xl, yl);
+        let (taps, at) = (&offsets.taps[..], &offsets.at[..]);
         let per = self.tiles(isa, yl);
-        // Each output pixel's input offset (its first tap, lane 0 of block 0) and output offset.
-        let at: Vec<[usize; 2]> = (0..yl.h * yl.w)
-            .map(|p| {
-                let (r, q) = (p / yl.w, p % yl.w);
-                let ir = r * self.stride + xl.border - self.pad;
-                let iq = q * self.stride + xl.border - self.pad;
-                [(ir * xl.row() + iq) * LANES, yl.at(0, r, q)]
-            })
-            .collect();
         let yp = SendPtr(y.as_mut_ptr());
         let run = |tiles: Range<usize>| {
             for t in tiles {
@@ -281,7 +318,7 @@ impl Conv {
                 // image is passed as a pointer, never as a `&mut` slice.
                 let y_img = unsafe { yp.get().add(yi) };
                 let r_img = residual.map(|r| &r[yi..][..yl.len()]);
-                self.tile(isa, t % per, (xl, xi), (yl, y_img), r_img, relu, &taps, &at);
+                self.tile(isa, t % per, (xl, xi), (yl, y_img), r_img, relu, taps, at);
             }
         };
         match within {
@@ -679,6 +716,40 @@ mod tests {
         l.copy_to(&b, &mut back);
         assert_eq!(back, x);
         assert_eq!(b[l.at(1, 2, 4) + 2], x[(10 * 3 + 2) * 5 + 4]);
+    }
+
+    /// One convolution called on maps of different sizes in turn (its kept offsets replaced each
+    /// time) gives what a fresh one gives on each.
+    #[test]
+    fn a_convolution_called_on_other_map_sizes_gives_what_a_fresh_one_gives() {
+        let mut seed = 11;
+        let (cin, cout) = (16, 24);
+        let (wt, bias) = (rnd(cout * cin * 9, &mut seed), rnd(cout, &mut seed));
+        let kept = Conv::new(cin, cout, 3, 2, 1, &wt, Some(&bias));
+        for (h, w) in [(8, 8), (6, 10), (8, 8), (9, 5)] {
+            let xl = Layout {
+                c: cin,
+                h,
+                w,
+                border: 1,
+            };
+            let (oh, ow) = kept.out_hw(h, w);
+            let yl = Layout {
+                c: cout,
+                h: oh,
+                w: ow,
+                border: 1,
+            };
+            let mut xb = vec![0.0; xl.len()];
+            xl.fill_from(&rnd(cin * h * w, &mut seed), &mut xb);
+            let run = |conv: &Conv| {
+                let mut y = vec![0.0; yl.len()];
+                conv.forward(1, (&xl, &xb), (&yl, &mut y), None, true, None);
+                y
+            };
+            let fresh = Conv::new(cin, cout, 3, 2, 1, &wt, Some(&bias));
+            assert_eq!(run(&kept), run(&fresh), "{h}x{w}");
+        }
     }
 
     /// Every shape class (ragged channels, strides, 1x1, no padding, residual, ReLU), on every
