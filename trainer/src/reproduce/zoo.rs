@@ -404,8 +404,18 @@ fn card(
         .display()
         .to_string();
     let run = m.first().map_or("RUN_DIR", |x| x.run.as_str());
+    // Run directories are named by the data folder's name too: train again under that name.
+    let data_name = m
+        .first()
+        .and_then(|x| Path::new(&x.data).file_name())
+        .map_or("cifar10".into(), |n| n.to_string_lossy().to_string());
+    let unpack = if data_name == "cifar-10-batches-bin" {
+        "tar xzf data/cifar10/cifar-10-binary.tar.gz -C data   # data/cifar-10-batches-bin\n"
+    } else {
+        ""
+    };
     let mut again = format!(
-        "sc-trainer reproduce budget --scale {scale_name} --data data/cifar10 --zoo {}",
+        "sc-trainer reproduce budget --scale {scale_name} --data data/{data_name} --zoo {}",
         dir.display()
     );
     if plan.budget != 1.0 {
@@ -416,6 +426,10 @@ fn card(
     }
     if plan.device != "cpu" {
         again += &format!(" --device {}", plan.device);
+    }
+    let runs = plan.runs_root.display().to_string();
+    if runs != "runs/reproduce" {
+        again += &format!(" --runs {runs}");
     }
     s += &format!(
         "\nEach file carries its recipe, classes, normalization and validation accuracy as ONNX \
@@ -429,9 +443,11 @@ fn card(
          # The validation figure above, from the file alone: the run's held-out images, then eval\n\
          sc-trainer data holdout {run} --data data/cifar10 --out val.bin\n\
          sc-runtime eval {f} val.bin\n```\n\n\
-         ## Train them again\n\n```\nsc-trainer data fetch cifar10\n{again}\n```\n\n\
+         ## Train them again\n\n```\nsc-trainer data fetch cifar10\n{unpack}{again}\n```\n\n\
          The command resumes: finished runs are kept, unfinished ones continue from their \
-         checkpoints (in `runs/reproduce/`, or `--runs DIR`).\n"
+         checkpoints (in `{runs}/`). A run's directory is named by its recipe and the data \
+         folder's name (`{data_name}` here), so the data goes under that name to go on from \
+         these runs rather than start new ones.\n"
     );
     s
 }
