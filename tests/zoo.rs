@@ -77,6 +77,7 @@ fn zoo_models_answer_the_same_in_both_executors() {
             native.logits(&images).unwrap(),
             tract.logits(&images).unwrap(),
         );
+        assert_eq!((a.len(), b.len()), (images.len(), images.len()), "{file}");
         for (i, (x, y)) in a.iter().zip(&b).enumerate() {
             let scale = y.iter().fold(1f32, |s, v| s.max(v.abs()));
             for (p, q) in x.iter().zip(y) {

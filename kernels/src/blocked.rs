@@ -113,7 +113,7 @@ impl Layout {
 }
 
 /// A convolution's filters and bias, packed for the blocked tile.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Conv {
     pub cin: usize,
     pub cout: usize,
@@ -130,7 +130,24 @@ pub struct Conv {
     /// The offsets of the last pair of layouts used, kept between calls: they depend on the
     /// layouts only, and a request of one image would otherwise recompute them for every layer
     /// on one thread before the tiles fan out.
-    offsets: Arc<Mutex<Option<Arc<Offsets>>>>,
+    offsets: Mutex<Option<Arc<Offsets>>>,
+}
+
+impl Clone for Conv {
+    /// A copy with the same filters and its own (empty) offsets.
+    fn clone(&self) -> Conv {
+        Conv {
+            cin: self.cin,
+            cout: self.cout,
+            k: self.k,
+            stride: self.stride,
+            pad: self.pad,
+            w: self.w.clone(),
+            bias: self.bias.clone(),
+            w16: self.w16.clone(),
+            offsets: Mutex::default(),
+        }
+    }
 }
 
 /// A convolution's tap offsets and per-pixel input and output offsets for one pair of layouts.
@@ -215,7 +232,7 @@ impl Conv {
             w,
             bias: b,
             w16,
-            offsets: Arc::default(),
+            offsets: Mutex::default(),
         }
     }
 

@@ -313,7 +313,6 @@ impl DataConfig {
     }
 }
 
-/// `k` images from `pool` (already shuffled), as evenly over the classes as the pool allows.
 /// What [`write_holdout`] wrote.
 #[derive(Debug, Clone)]
 pub struct Holdout {
@@ -361,6 +360,20 @@ pub fn write_holdout(
             .iter()
             .eq(sc_data::dataset::CIFAR10_CLASSES.iter())
     {
+        // The readers guess a single file's format from its name: keep it a CIFAR-10 one.
+        let lower = name.to_lowercase();
+        if lower == "train.bin"
+            || lower == "test.bin"
+            || lower.contains("100")
+            || lower.contains("idx")
+            || sc_data::archive::is_archive(out)
+        {
+            anyhow::bail!(
+                "{}: readers would take a file of this name for CIFAR-100, IDX or an archive; \
+                 give the CIFAR-10 records another name, e.g. val.bin",
+                out.display()
+            );
+        }
         let mut bytes = Vec::with_capacity(val.len() * (px + 1));
         for i in 0..val.len() {
             bytes.push(val.labels[i]);
@@ -407,6 +420,7 @@ pub fn write_holdout(
     })
 }
 
+/// `k` images from `pool` (already shuffled), as evenly over the classes as the pool allows.
 fn balanced_subset(all: &Dataset, pool: &[usize], k: usize) -> Vec<usize> {
     let classes = all.num_classes();
     let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];

@@ -485,6 +485,19 @@ fn holdout_writes_the_run_s_validation_images() {
         ],
         &["val.bin", "images-idx3"],
     );
+    // A CIFAR-10 file under a name the readers would take for CIFAR-100.
+    expect_error(
+        &[
+            "data",
+            "holdout",
+            tmp.path().join("run-cifar").to_str().unwrap(),
+            "--data",
+            tmp.path().join("cifar").to_str().unwrap(),
+            "--out",
+            tmp.path().join("val-100.bin").to_str().unwrap(),
+        ],
+        &["val-100.bin", "CIFAR-100"],
+    );
     // Not a run directory.
     expect_error(
         &[

@@ -305,6 +305,19 @@ fn tiny_budget_tunes_weight_decay_then_trains_the_grid_and_reads_the_speed_up_of
         assert_eq!(machines.len(), 1, "{machines:?}");
         assert!(card.contains(machines[0].as_str().unwrap()), "{card}");
     }
+    // How to check the first model's validation figure, and to train them again in the same
+    // run directories (named by the data folder's name).
+    let first_run = models[0]["run"].as_str().unwrap();
+    assert!(
+        card.contains(&format!("sc-trainer data holdout {first_run} ")),
+        "{card}"
+    );
+    assert!(
+        card.contains(&format!("--runs {}", p.runs_root.display())),
+        "{card}"
+    );
+    let data_name = p.data.file_name().unwrap().to_string_lossy().to_string();
+    assert!(card.contains(&format!("--data data/{data_name}")), "{card}");
 }
 
 #[test]

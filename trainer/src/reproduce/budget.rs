@@ -1297,21 +1297,25 @@ mod tests {
         assert_eq!(dirs.len(), tune.len());
     }
 
-    #[test]
-    fn the_grid_waits_for_tuning_then_uses_the_choice_with_more_seeds_for_the_headline() {
-        let p = load().unwrap();
-        let s = &p.scale["cpu"];
-        let none: Vec<Tuning> = s
-            .schedules
+    /// Every schedule's weight-decay tuning, with `chosen(label)` as its choice.
+    fn wd_tunings(s: &BudgetScale, chosen: impl Fn(&str) -> Option<f64>) -> Vec<Tuning> {
+        s.schedules
             .iter()
             .map(|x| Tuning {
                 schedule: x.label.clone(),
                 what: "weight_decay".into(),
                 epochs: s.tune_epochs,
                 tried: vec![],
-                chosen: None,
+                chosen: chosen(&x.label),
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn the_grid_waits_for_tuning_then_uses_the_choice_with_more_seeds_for_the_headline() {
+        let p = load().unwrap();
+        let s = &p.scale["cpu"];
+        let none = wd_tunings(s, |_| None);
         let lr = lr_chosen(s, 1.6);
         assert!(grid_runs(s, &lr, &none, &plan(1)).unwrap().is_empty());
         let chosen: Vec<Tuning> = none
@@ -1378,17 +1382,7 @@ mod tests {
         let lr = lr_chosen(s, 0.2);
         let tune = tuning_runs(s, &lr, &plan(1)).unwrap();
         // Only the headline pair's schedules are tuned; the others still have tuning to do.
-        let t: Vec<Tuning> = s
-            .schedules
-            .iter()
-            .map(|x| Tuning {
-                schedule: x.label.clone(),
-                what: "weight_decay".into(),
-                epochs: s.tune_epochs,
-                tried: vec![],
-                chosen: [&h.sc, &h.pc].contains(&&x.label).then_some(5e-4),
-            })
-            .collect();
+        let t = wd_tunings(s, |label| (label == h.sc || label == h.pc).then_some(5e-4));
         let grid = grid_runs(s, &lr, &t, &plan(1)).unwrap();
         let is = |r: &BudgetRun, label: &str, e: f64| {
             r.run.group == label && r.epochs == e && r.run.seed == 0

@@ -407,8 +407,14 @@ fn card(
     // Run directories are named by the data folder's name too: train again under that name.
     let data_name = m
         .first()
-        .and_then(|x| Path::new(&x.data).file_name())
-        .map_or("cifar10".into(), |n| n.to_string_lossy().to_string());
+        .and_then(|x| read_config(Path::new(&x.run)).ok())
+        .and_then(|c| {
+            c.data
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+        })
+        .unwrap_or_else(|| "cifar10".into());
     let unpack = if data_name == "cifar-10-batches-bin" {
         "tar xzf data/cifar10/cifar-10-binary.tar.gz -C data   # data/cifar-10-batches-bin\n"
     } else {
