@@ -254,6 +254,17 @@ pub fn accuracy_plot(path: &Path, title: &str, series: &[Series]) -> anyhow::Res
 /// One schedule's points for [`budget_plot`]: its label and (epochs, mean accuracy, std).
 pub type BudgetSeries = (String, Vec<(f64, f64, f64)>);
 
+/// Every budget of the series, once, in order: the x axis labels them.
+fn budgets(series: &[BudgetSeries]) -> Vec<f64> {
+    let mut e: Vec<f64> = series
+        .iter()
+        .flat_map(|s| s.1.iter().map(|p| p.0))
+        .collect();
+    e.sort_by(f64::total_cmp);
+    e.dedup();
+    e
+}
+
 /// Final validation accuracy against the training budget (epochs, log axis), one line per
 /// schedule with a point (and a ± std bar when seeds differ) per budget, and the target as a
 /// horizontal line. `series`: (label, [(epochs, mean accuracy, std)]).
@@ -282,7 +293,10 @@ pub fn budget_plot(
         .margin(12)
         .x_label_area_size(45)
         .y_label_area_size(60)
-        .build_cartesian_2d((x0..x1).log_scale(), y0..y1)
+        .build_cartesian_2d(
+            (x0..x1).log_scale().with_key_points(budgets(series)),
+            y0..y1,
+        )
         .map_err(err)?;
     chart
         .configure_mesh()
