@@ -545,15 +545,49 @@ pub mod write {
     use super::*;
     use std::io::Write;
 
-    /// Writes CIFAR-10 records (label byte + 3072 planar pixels) for `(label, pixels)` pairs.
-    pub fn cifar10(path: &Path, records: &[(u8, Vec<u8>)]) -> std::io::Result<()> {
-        let mut out = Vec::with_capacity(records.len() * (CIFAR_PIXELS + 1));
-        for (label, px) in records {
-            assert_eq!(px.len(), CIFAR_PIXELS, "a CIFAR image has 3072 bytes");
+    /// CIFAR-10 records, one per image: its label byte, then its 3072 planar pixels. `images`
+    /// holds the images back to back, `labels` one byte each.
+    pub fn cifar10_bytes(images: &[u8], labels: &[u8]) -> Vec<u8> {
+        assert_eq!(
+            images.len(),
+            labels.len() * CIFAR_PIXELS,
+            "a CIFAR image has 3072 bytes"
+        );
+        let mut out = Vec::with_capacity(labels.len() * (CIFAR_PIXELS + 1));
+        for (label, px) in labels.iter().zip(images.chunks_exact(CIFAR_PIXELS)) {
             out.push(*label);
             out.extend_from_slice(px);
         }
-        std::fs::write(path, out)
+        out
+    }
+
+    /// Writes CIFAR-10 records (label byte + 3072 planar pixels) for `(label, pixels)` pairs.
+    pub fn cifar10(path: &Path, records: &[(u8, Vec<u8>)]) -> std::io::Result<()> {
+        let labels: Vec<u8> = records.iter().map(|r| r.0).collect();
+        let images: Vec<u8> = records.iter().flat_map(|r| r.1.iter().copied()).collect();
+        std::fs::write(path, cifar10_bytes(&images, &labels))
+    }
+
+    /// The bytes of an IDX images file (`h` x `w` one-channel images back to back) and of its
+    /// labels file.
+    pub fn idx_bytes(h: usize, w: usize, images: &[u8], labels: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        assert_eq!(
+            images.len(),
+            labels.len() * h * w,
+            "an IDX image has h*w bytes"
+        );
+        let n = labels.len() as u32;
+        let mut img = Vec::with_capacity(16 + images.len());
+        img.extend_from_slice(&IDX_IMAGES_MAGIC.to_be_bytes());
+        for d in [n, h as u32, w as u32] {
+            img.extend_from_slice(&d.to_be_bytes());
+        }
+        img.extend_from_slice(images);
+        let mut lab = Vec::with_capacity(8 + labels.len());
+        lab.extend_from_slice(&IDX_LABELS_MAGIC.to_be_bytes());
+        lab.extend_from_slice(&n.to_be_bytes());
+        lab.extend_from_slice(labels);
+        (img, lab)
     }
 
     /// Writes an IDX images file and labels file (gzip when the name ends in `.gz`).
@@ -565,17 +599,7 @@ pub mod write {
         images: &[u8],
         labels: &[u8],
     ) -> std::io::Result<()> {
-        let n = labels.len() as u32;
-        let mut img = Vec::new();
-        img.extend_from_slice(&IDX_IMAGES_MAGIC.to_be_bytes());
-        for d in [n, h as u32, w as u32] {
-            img.extend_from_slice(&d.to_be_bytes());
-        }
-        img.extend_from_slice(images);
-        let mut lab = Vec::new();
-        lab.extend_from_slice(&IDX_LABELS_MAGIC.to_be_bytes());
-        lab.extend_from_slice(&n.to_be_bytes());
-        lab.extend_from_slice(labels);
+        let (img, lab) = idx_bytes(h, w, images, labels);
         for (p, bytes) in [(images_path, img), (labels_path, lab)] {
             if p.extension().is_some_and(|e| e == "gz") {
                 let mut enc = flate2::write::GzEncoder::new(

@@ -349,7 +349,6 @@ pub fn write_holdout(
         .with_context(|| format!("{}: its training data", run_dir.display()))?
         .val;
     let (c, h, w) = (val.channels, val.height, val.width);
-    let px = c * h * w;
     let name = out
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
@@ -374,11 +373,7 @@ pub fn write_holdout(
                 out.display()
             );
         }
-        let mut bytes = Vec::with_capacity(val.len() * (px + 1));
-        for i in 0..val.len() {
-            bytes.push(val.labels[i]);
-            bytes.extend_from_slice(&val.images[i * px..(i + 1) * px]);
-        }
+        let bytes = sc_data::dataset::write::cifar10_bytes(&val.images, &val.labels);
         crate::io::write_atomic(out, &bytes)?;
         vec![out.to_path_buf()]
     } else if c == 1 {
@@ -390,19 +385,16 @@ pub fn write_holdout(
             );
         }
         let labels = out.with_file_name(name.replace("images-idx3", "labels-idx1"));
-        let n = val.len() as u32;
-        let mut img = Vec::with_capacity(16 + val.images.len());
-        for v in [0x0803u32, n, h as u32, w as u32] {
-            img.extend_from_slice(&v.to_be_bytes());
-        }
-        img.extend_from_slice(&val.images);
-        let mut lab = Vec::with_capacity(8 + val.labels.len());
-        for v in [0x0801u32, n] {
-            lab.extend_from_slice(&v.to_be_bytes());
-        }
-        lab.extend_from_slice(&val.labels);
+        let (img, lab) = sc_data::dataset::write::idx_bytes(h, w, &val.images, &val.labels);
+        // A pair or nothing: labels without their images would pass for a data set.
+        let had_labels = labels.exists();
         crate::io::write_atomic(&labels, &lab)?;
-        crate::io::write_atomic(out, &img)?;
+        if let Err(e) = crate::io::write_atomic(out, &img) {
+            if !had_labels {
+                let _ = std::fs::remove_file(&labels);
+            }
+            return Err(e);
+        }
         vec![out.to_path_buf(), labels]
     } else {
         anyhow::bail!(

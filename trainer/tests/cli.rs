@@ -485,6 +485,23 @@ fn holdout_writes_the_run_s_validation_images() {
         ],
         &["val.bin", "images-idx3"],
     );
+    // The pair is written whole or not at all: when the images file cannot be written (here a
+    // directory has its name), no labels file is left behind to pass for a data set.
+    let busy = tmp.path().join("busy-images-idx3-ubyte");
+    std::fs::create_dir(&busy).unwrap();
+    expect_error(
+        &[
+            "data",
+            "holdout",
+            tmp.path().join("run-idx").to_str().unwrap(),
+            "--data",
+            tmp.path().join("idx").to_str().unwrap(),
+            "--out",
+            busy.to_str().unwrap(),
+        ],
+        &["busy-images-idx3-ubyte"],
+    );
+    assert!(!tmp.path().join("busy-labels-idx1-ubyte").exists());
     // A CIFAR-10 file under a name the readers would take for CIFAR-100.
     expect_error(
         &[
