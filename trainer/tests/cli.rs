@@ -472,47 +472,37 @@ fn holdout_writes_the_run_s_validation_images() {
             &["/data/on/another/machine"],
         );
     }
+    // `data holdout` of the run on `kind` data, to `out`, fails naming what is in `needles`.
+    let holdout_error = |kind: &str, out: &std::path::Path, needles: &[&str]| {
+        expect_error(
+            &[
+                "data",
+                "holdout",
+                tmp.path().join(format!("run-{kind}")).to_str().unwrap(),
+                "--data",
+                tmp.path().join(kind).to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            needles,
+        )
+    };
     // An IDX set needs an IDX images name for its pair.
-    expect_error(
-        &[
-            "data",
-            "holdout",
-            tmp.path().join("run-idx").to_str().unwrap(),
-            "--data",
-            tmp.path().join("idx").to_str().unwrap(),
-            "--out",
-            tmp.path().join("val.bin").to_str().unwrap(),
-        ],
+    holdout_error(
+        "idx",
+        &tmp.path().join("val.bin"),
         &["val.bin", "images-idx3"],
     );
     // The pair is written whole or not at all: when the images file cannot be written (here a
     // directory has its name), no labels file is left behind to pass for a data set.
     let busy = tmp.path().join("busy-images-idx3-ubyte");
     std::fs::create_dir(&busy).unwrap();
-    expect_error(
-        &[
-            "data",
-            "holdout",
-            tmp.path().join("run-idx").to_str().unwrap(),
-            "--data",
-            tmp.path().join("idx").to_str().unwrap(),
-            "--out",
-            busy.to_str().unwrap(),
-        ],
-        &["busy-images-idx3-ubyte"],
-    );
+    holdout_error("idx", &busy, &["busy-images-idx3-ubyte"]);
     assert!(!tmp.path().join("busy-labels-idx1-ubyte").exists());
     // A CIFAR-10 file under a name the readers would take for CIFAR-100.
-    expect_error(
-        &[
-            "data",
-            "holdout",
-            tmp.path().join("run-cifar").to_str().unwrap(),
-            "--data",
-            tmp.path().join("cifar").to_str().unwrap(),
-            "--out",
-            tmp.path().join("val-100.bin").to_str().unwrap(),
-        ],
+    holdout_error(
+        "cifar",
+        &tmp.path().join("val-100.bin"),
         &["val-100.bin", "CIFAR-100"],
     );
     // Not a run directory.
