@@ -14,7 +14,8 @@
 //!    headline pair with more seeds. The pair's first seed runs as soon as its two schedules are
 //!    tuned, before the other schedules' tuning (the comparison, and the models `--zoo` ships);
 //!    then the rest of the tuning, then the cheapest runs, so a partial experiment already has
-//!    its short budgets.
+//!    its short budgets; the pair's other seeds run together when the grid reaches the pair's
+//!    one-cycle budget (its verdict needs them all), before the longer budgets.
 //! 3. **The report**: the table, the plot (log epochs), the speed-up (the epochs PC-LR needs to
 //!    match one cycle's accuracy, interpolated on log epochs, over one cycle's epochs), claim 1
 //!    at every budget both schedules ran, and the headline against its target.
@@ -400,19 +401,27 @@ pub fn grid_runs(
     }
     // The headline pair's first seed first (the comparison and the zoo's models, about 2 h on
     // 2 cores), then cheapest first, so that a partial experiment already has its short budgets.
+    // The pair's other seeds are finished as a unit when the grid reaches the pair's one-cycle
+    // budget: the headline's verdict needs all of them, and it should not wait behind the
+    // longer budgets that only refine the curves.
     let h = &scale.headline;
-    let pair_first = |r: &BudgetRun| {
-        let pair = (r.run.group == h.sc && r.epochs == h.sc_epochs)
-            || (r.run.group == h.pc && r.epochs == h.pc_epochs);
-        !(pair && r.run.seed == 0)
-    };
     out.sort_by(|a, b| {
-        pair_first(a)
-            .cmp(&pair_first(b))
+        let (ka, kb) = (grid_order_key(h, a), grid_order_key(h, b));
+        ka.0.cmp(&kb.0)
+            .then(ka.1.total_cmp(&kb.1))
             .then(a.epochs.total_cmp(&b.epochs))
             .then(a.run.seed.cmp(&b.run.seed))
     });
     Ok(out)
+}
+
+/// Where a grid run stands in [`grid_runs`]' order: (not the headline pair's first seed, the
+/// budget it is sorted at — the pair's one-cycle budget for both halves of the pair).
+fn grid_order_key(h: &Headline, r: &BudgetRun) -> (bool, f64) {
+    let pair = (r.run.group == h.sc && r.epochs == h.sc_epochs)
+        || (r.run.group == h.pc && r.epochs == h.pc_epochs);
+    let at = if pair { h.sc_epochs } else { r.epochs };
+    (!(pair && r.run.seed == 0), at)
 }
 
 fn status(dir: &Path) -> &'static str {
@@ -1354,8 +1363,33 @@ mod tests {
             "the headline pair first"
         );
         assert!(
-            grid[2..].windows(2).all(|w| w[0].epochs <= w[1].epochs),
+            grid[2..]
+                .windows(2)
+                .all(|w| grid_order_key(h, &w[0]).1 <= grid_order_key(h, &w[1]).1),
             "then cheapest first"
+        );
+        // The pair's other seeds run together, at the pair's one-cycle budget: before any longer
+        // budget, and the PC-LR half before budgets between the pair's two.
+        let at = |r: &BudgetRun| grid.iter().position(|g| g.run.dir == r.run.dir).unwrap();
+        let pair_rest: Vec<usize> = grid
+            .iter()
+            .filter(|r| {
+                r.run.seed > 0
+                    && ((r.run.group == h.sc && r.epochs == h.sc_epochs)
+                        || (r.run.group == h.pc && r.epochs == h.pc_epochs))
+            })
+            .map(at)
+            .collect();
+        assert_eq!(pair_rest.len() as u64, 2 * (h.seeds - 1));
+        let longer = grid
+            .iter()
+            .filter(|r| r.epochs > h.sc_epochs && !(r.run.group == h.pc && r.epochs == h.pc_epochs))
+            .map(at)
+            .min()
+            .unwrap();
+        assert!(
+            pair_rest.iter().all(|&i| i < longer),
+            "{pair_rest:?} before {longer}"
         );
         let seeds = |label: &str, e: f64| {
             grid.iter()
