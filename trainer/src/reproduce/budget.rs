@@ -1002,6 +1002,8 @@ fn markdown(r: &BudgetReport) -> String {
                 .unwrap_or_else(|| "—".into())
         );
     }
+    s += "\nTrain time is wall-clock, the mean over finished seeds, including any time a run's process was \
+          paused; each run's machine is in its `run.json`.\n";
     s += &after_points(r);
     s
 }
