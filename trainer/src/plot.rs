@@ -251,14 +251,25 @@ pub fn accuracy_plot(path: &Path, title: &str, series: &[Series]) -> anyhow::Res
     Ok(())
 }
 
-/// One schedule's points for [`budget_plot`]: its label and (epochs, mean accuracy, std).
-pub type BudgetSeries = (String, Vec<(f64, f64, f64)>);
+/// One budget of one schedule for [`budget_plot`]: accuracies are fractions.
+#[derive(Debug, Clone)]
+pub struct BudgetPoint {
+    pub epochs: f64,
+    /// Over the finished seeds.
+    pub mean: f64,
+    pub std: f64,
+    /// Each finished seed's accuracy (drawn as its own small mark when there are several).
+    pub seeds: Vec<f64>,
+}
+
+/// One schedule's points for [`budget_plot`]: its label and its budgets.
+pub type BudgetSeries = (String, Vec<BudgetPoint>);
 
 /// Every budget of the series, once, in order: the x axis labels them.
 fn budgets(series: &[BudgetSeries]) -> Vec<f64> {
     let mut e: Vec<f64> = series
         .iter()
-        .flat_map(|s| s.1.iter().map(|p| p.0))
+        .flat_map(|s| s.1.iter().map(|p| p.epochs))
         .collect();
     e.sort_by(f64::total_cmp);
     e.dedup();
@@ -266,8 +277,9 @@ fn budgets(series: &[BudgetSeries]) -> Vec<f64> {
 }
 
 /// Final validation accuracy against the training budget (epochs, log axis), one line per
-/// schedule with a point (and a ± std bar when seeds differ) per budget, and the target as a
-/// horizontal line. `series`: (label, [(epochs, mean accuracy, std)]).
+/// schedule through the mean of each budget (a filled point, and a ± std bar when seeds differ),
+/// every seed's own result as a small open mark where a budget has several, and the target as a
+/// horizontal line.
 pub fn budget_plot(
     path: &Path,
     title: &str,
@@ -275,10 +287,11 @@ pub fn budget_plot(
     target: Option<(f64, &str)>,
 ) -> anyhow::Result<()> {
     let pts = || series.iter().flat_map(|s| s.1.iter());
-    let (e0, e1) = span(pts().map(|p| p.0));
+    let (e0, e1) = span(pts().map(|p| p.epochs));
     let (a0, a1) = span(
         pts()
-            .flat_map(|p| [p.1 - p.2, p.1 + p.2])
+            .flat_map(|p| [p.mean - p.std, p.mean + p.std])
+            .chain(pts().flat_map(|p| p.seeds.iter().copied()))
             .chain(target.map(|t| t.0)),
     );
     let (x0, x1) = (e0 / 1.25, e1 * 1.25);
@@ -322,20 +335,32 @@ pub fn budget_plot(
         let c = COLORS[i % COLORS.len()];
         chart
             .draw_series(LineSeries::new(
-                p.iter().map(|q| (q.0, q.1)),
+                p.iter().map(|q| (q.epochs, q.mean)),
                 c.stroke_width(2),
             ))
             .map_err(err)?
             .label(label.clone())
             .legend(move |(a, b)| PathElement::new(vec![(a, b), (a + 20, b)], c));
         chart
-            .draw_series(p.iter().map(|q| Circle::new((q.0, q.1), 4, c.filled())))
+            .draw_series(
+                p.iter()
+                    .map(|q| Circle::new((q.epochs, q.mean), 4, c.filled())),
+            )
+            .map_err(err)?;
+        chart
+            .draw_series(p.iter().filter(|q| q.std > 0.0).map(|q| {
+                PathElement::new(
+                    vec![(q.epochs, q.mean - q.std), (q.epochs, q.mean + q.std)],
+                    c,
+                )
+            }))
             .map_err(err)?;
         chart
             .draw_series(
                 p.iter()
-                    .filter(|q| q.2 > 0.0)
-                    .map(|q| PathElement::new(vec![(q.0, q.1 - q.2), (q.0, q.1 + q.2)], c)),
+                    .filter(|q| q.seeds.len() > 1)
+                    .flat_map(|q| q.seeds.iter().map(move |&a| (q.epochs, a)))
+                    .map(|(e, a)| Circle::new((e, a), 4, c.stroke_width(2))),
             )
             .map_err(err)?;
     }
@@ -345,4 +370,50 @@ pub fn budget_plot(
     drop(root);
     save_png(path, rgb)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_plot_marks_every_seed_beside_the_mean() {
+        let dir = tempfile::tempdir().unwrap();
+        let point = |epochs: f64, mean: f64, seeds: Vec<f64>| BudgetPoint {
+            epochs,
+            mean,
+            std: 0.002,
+            seeds,
+        };
+        // The same axes both times: the other line spans more than the seeds do.
+        let draw = |name: &str, seeds: Vec<f64>| {
+            let series = vec![
+                (
+                    "one".to_string(),
+                    vec![point(10.0, 0.86, vec![]), point(30.0, 0.90, seeds)],
+                ),
+                (
+                    "two".to_string(),
+                    vec![point(10.0, 0.80, vec![]), point(60.0, 0.92, vec![])],
+                ),
+            ];
+            let path = dir.path().join(name);
+            budget_plot(&path, "t", &series, Some((0.85, "target"))).unwrap();
+            let img = image::open(&path).unwrap().to_rgb8();
+            assert_eq!(img.dimensions(), SIZE);
+            img
+        };
+        let mean_only = draw("mean.png", vec![]);
+        let with_seeds = draw("seeds.png", vec![0.906, 0.897, 0.86]);
+        let changed = mean_only
+            .pixels()
+            .zip(with_seeds.pixels())
+            .filter(|(a, b)| a != b)
+            .count();
+        // Three rings of radius 4 (one far from the line); a ring is ~25 pixels.
+        assert!(
+            changed > 50,
+            "each seed gets its own mark: {changed} pixels differ"
+        );
+    }
 }

@@ -578,6 +578,8 @@ pub struct Point {
     pub weight_decay: f64,
     /// Over finished seeds (fractions).
     pub val_acc: Option<Stat>,
+    /// Each finished seed's final validation accuracy (fractions), in `runs`' order.
+    pub accuracies: Vec<f64>,
     pub seeds_planned: usize,
     pub diverged: usize,
     /// Mean training time of the finished seeds, seconds.
@@ -650,6 +652,7 @@ fn points(grid: &[BudgetRun]) -> Vec<Point> {
                     max_lr: r.max_lr,
                     weight_decay: r.weight_decay,
                     val_acc: None,
+                    accuracies: vec![],
                     seeds_planned: 0,
                     diverged: 0,
                     train_seconds: None,
@@ -677,6 +680,7 @@ fn points(grid: &[BudgetRun]) -> Vec<Point> {
             .collect();
         let accs: Vec<f64> = done.iter().filter_map(|s| s.final_val_acc).collect();
         p.val_acc = Stat::of(&accs);
+        p.accuracies = accs;
         if !done.is_empty() {
             p.train_seconds =
                 Some(done.iter().map(|s| s.train_seconds).sum::<f64>() / done.len() as f64);
@@ -896,7 +900,14 @@ fn build_report(
                 s.label.clone(),
                 pts.iter()
                     .filter(|p| p.schedule == s.label)
-                    .filter_map(|p| p.val_acc.as_ref().map(|a| (p.epochs, a.mean, a.std)))
+                    .filter_map(|p| {
+                        p.val_acc.as_ref().map(|a| crate::plot::BudgetPoint {
+                            epochs: p.epochs,
+                            mean: a.mean,
+                            std: a.std,
+                            seeds: p.accuracies.clone(),
+                        })
+                    })
                     .collect(),
             )
         })

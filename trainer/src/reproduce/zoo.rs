@@ -501,6 +501,7 @@ mod tests {
             max_lr: None,
             weight_decay: 5e-4,
             val_acc: None,
+            accuracies: vec![],
             seeds_planned: runs.len(),
             diverged: 0,
             train_seconds: None,
