@@ -418,10 +418,15 @@ pub fn grid_runs(
 /// Where a grid run stands in [`grid_runs`]' order: (not the headline pair's first seed, the
 /// budget it is sorted at — the pair's one-cycle budget for both halves of the pair).
 fn grid_order_key(h: &Headline, r: &BudgetRun) -> (bool, f64) {
-    let pair = (r.run.group == h.sc && r.epochs == h.sc_epochs)
-        || (r.run.group == h.pc && r.epochs == h.pc_epochs);
+    let pair = in_headline_pair(h, r);
     let at = if pair { h.sc_epochs } else { r.epochs };
     (!(pair && r.run.seed == 0), at)
+}
+
+/// Whether a run is one of the headline pair's (either schedule at its budget, any seed).
+fn in_headline_pair(h: &Headline, r: &BudgetRun) -> bool {
+    (r.run.group == h.sc && r.epochs == h.sc_epochs)
+        || (r.run.group == h.pc && r.epochs == h.pc_epochs)
 }
 
 fn status(dir: &Path) -> &'static str {
@@ -553,11 +558,7 @@ fn next_run<'a>(
     status: impl Fn(&BudgetRun) -> &'static str,
 ) -> Option<&'a BudgetRun> {
     let h = &scale.headline;
-    let pair = |r: &&BudgetRun| {
-        r.run.seed == 0
-            && ((r.run.group == h.sc && r.epochs == h.sc_epochs)
-                || (r.run.group == h.pc && r.epochs == h.pc_epochs))
-    };
+    let pair = |r: &&BudgetRun| r.run.seed == 0 && in_headline_pair(h, r);
     let all = || tune.iter().chain(grid);
     all().find(|r| status(r) == "started").or_else(|| {
         grid.iter()
@@ -1386,17 +1387,13 @@ mod tests {
         let at = |r: &BudgetRun| grid.iter().position(|g| g.run.dir == r.run.dir).unwrap();
         let pair_rest: Vec<usize> = grid
             .iter()
-            .filter(|r| {
-                r.run.seed > 0
-                    && ((r.run.group == h.sc && r.epochs == h.sc_epochs)
-                        || (r.run.group == h.pc && r.epochs == h.pc_epochs))
-            })
+            .filter(|r| r.run.seed > 0 && in_headline_pair(h, r))
             .map(at)
             .collect();
         assert_eq!(pair_rest.len() as u64, 2 * (h.seeds - 1));
         let longer = grid
             .iter()
-            .filter(|r| r.epochs > h.sc_epochs && !(r.run.group == h.pc && r.epochs == h.pc_epochs))
+            .filter(|r| r.epochs > h.sc_epochs && !in_headline_pair(h, r))
             .map(at)
             .min()
             .unwrap();
