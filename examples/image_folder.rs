@@ -8,7 +8,7 @@
 //!   first) with every core, then reads it back from the cache; prints both times.
 //!
 //! ```text
-//! cargo run --release --example image_folder -- write data/cifar10 /tmp/cifar-jpeg   # after sc-trainer data fetch cifar10
+//! cargo run --release --example image_folder -- write cifar10-train /tmp/cifar-jpeg   # after sc-trainer data fetch cifar10
 //! cargo run --release --example image_folder -- decode /tmp/cifar-jpeg
 //! ```
 

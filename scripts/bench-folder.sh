@@ -5,7 +5,7 @@
 # and the downsampling stem at 96x96.
 #
 # Usage: scripts/bench-folder.sh CIFAR_DIR [ITERATIONS]
-#   CIFAR_DIR   the CIFAR-10 binary training set (e.g. ../shared/data/cifar-10-batches-bin)
+#   CIFAR_DIR   the CIFAR-10 binary training set (e.g. cifar10, the data home's copy after `sc-trainer data fetch cifar10`)
 #   ITERATIONS  iterations per throughput run (default 300, batch 128)
 #   ROUNDS=2            throughput runs per side, alternated
 #   ACCURACY_EPOCHS=0   when > 0, train both for this many epochs (seed 0) and compare accuracy

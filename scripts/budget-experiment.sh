@@ -10,33 +10,29 @@
 #   scripts/budget-experiment.sh stop     checkpoint and stop
 #   scripts/budget-experiment.sh save     stage its state for a commit (git add)
 #
-# DATA=DIR is CIFAR-10's binary folder (default: ../shared/data/cifar-10-batches-bin, else
-# data/cifar-10-batches-bin; `sc-trainer data fetch cifar10` downloads it).
+# DATA=DIR is CIFAR-10's training data (default: `cifar10`, the data home's copy:
+# `sc-trainer data fetch cifar10` downloads it). The runs are named by the data's content, so any
+# copy of CIFAR-10 (the archive, or the cifar-10-batches-bin it unpacks to) goes on from them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=experiments/budget-cpu
 runs=$root/runs
 bin=target/release/sc-trainer
-data=${DATA:-}
-if [ -z "$data" ]; then
-  for d in ../shared/data/cifar-10-batches-bin data/cifar-10-batches-bin; do
-    [ -d "$d" ] && data=$(cd "$d" && pwd) && break
-  done
-fi
+data=${DATA:-cifar10}
 args=(reproduce budget --scale cpu --runs "$runs" --out "$root/report" --zoo zoo)
 running() { pgrep -f "sc-trainer reproduce budget.*--runs $runs" || true; }
 
 case "${1:-status}" in
   start)
-    [ -n "$data" ] || { echo "no CIFAR-10 data: give DATA=DIR or run sc-trainer data fetch cifar10" >&2; exit 2; }
     if [ -n "$(running)" ]; then echo "already running: pid $(running)"; exit 0; fi
     cargo build --release -p sc-trainer
+    # The data is there and readable (a clear error here, not in the log).
+    "$bin" "${args[@]}" --data "$data" --dry-run >/dev/null
     mkdir -p runs
     nohup "$bin" "${args[@]}" --data "$data" --quiet >> runs/budget-experiment.log 2>&1 &
     echo "started: pid $!, log runs/budget-experiment.log"
     ;;
   status)
-    [ -n "$data" ] || data=cifar-10-batches-bin
     "$bin" "${args[@]}" --data "$data" --dry-run
     pid=$(running); echo "process: ${pid:-not running}"
     ;;

@@ -3,7 +3,7 @@
 # schedule, once per ISA (SC_KERNELS_ISA), on real data; prints validation accuracy and speed.
 #
 # Usage: scripts/isa-accuracy.sh DATA [ITERATIONS] [ISAS]
-#   DATA        a data set fit reads (e.g. ../shared/data/cifar-10-batches-bin)
+#   DATA        a data set fit reads (e.g. cifar10, the data home's copy after `sc-trainer data fetch cifar10`)
 #   ITERATIONS  training iterations at batch 128 (default 300)
 #   ISAS        comma-separated (default: avx512,avx2,portable, skipping what the CPU lacks)
 set -euo pipefail

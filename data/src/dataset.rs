@@ -174,13 +174,14 @@ impl Dataset {
     ///   fitted to 32x32 (use [`crate::folder::open_folder`] for other sizes and options); the
     ///   test split is `test/`, else `val/`, else every image.
     ///
-    /// A path that does not exist may be a short name ([`crate::named`]: `cifar-test`,
-    /// `fashion-mnist-train`, ...), whose split wins over `split`.
+    /// A path that does not exist may be a short name ([`crate::named`]: `cifar10`, `cifar-test`,
+    /// `fashion-mnist-train`, ...), found in the data home; a `-train`/`-test` suffix wins over
+    /// `split`.
     pub fn open(path: &Path, split: Split) -> Result<Dataset> {
         if !path.exists() {
             if let Some(named) = crate::named::resolve(path) {
-                let (dir, split) = named?;
-                return Dataset::open(&dir, split);
+                let (dir, named_split) = named?;
+                return Dataset::open(&dir, named_split.unwrap_or(split));
             }
         }
         let meta = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?;

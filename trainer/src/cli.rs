@@ -51,7 +51,8 @@ pub enum Command {
         #[arg(long, default_value_t = 1e-3)]
         tolerance: f32,
     },
-    /// Data sets: `data fetch cifar10` downloads and verifies the official archive.
+    /// Data sets: `data fetch cifar10` downloads and verifies the official archive into the data
+    /// home; `data dir` says where that is.
     #[command(subcommand)]
     Data(DataCommand),
     /// Export a run's weights to ONNX (input `image` [N,C,H,W] in [0,1], output `logits`).
@@ -72,7 +73,8 @@ pub enum DataCommand {
         /// cifar10, cifar100, mnist or fashion-mnist.
         #[arg(value_enum)]
         set: crate::fetch::Known,
-        /// Directory for the files [default: data/SET, e.g. data/cifar10].
+        /// Directory for the files [default: the data home's SET folder, e.g.
+        /// ~/.local/share/super-convergence/cifar10; $SC_DATA_DIR moves the data home].
         #[arg(long)]
         dir: Option<PathBuf>,
         /// Base URL of a mirror holding the same files (the file names are appended)
@@ -87,6 +89,9 @@ pub enum DataCommand {
         #[arg(long)]
         quiet: bool,
     },
+    /// Print the data home (where `fetch` puts data sets and short names like `cifar10` and
+    /// `cifar-test` are looked up; $SC_DATA_DIR moves it) and which sets are there.
+    Dir,
     /// Write the images a run held out for validation as a data file `sc-runtime eval` reads
     /// (CIFAR binary records for 3x32x32 data, else an IDX pair), so that the exported model's
     /// validation accuracy can be checked outside the trainer.
@@ -183,8 +188,9 @@ pub struct LrFindArgs {
 pub struct ReproduceArgs {
     /// sc-vs-pc, train-size, depth, step-size, lr-range, budget, or all.
     pub experiment: String,
-    /// Training data: CIFAR-10's official cifar-10-binary.tar.gz, or the cifar-10-batches-bin it
-    /// unpacks to.
+    /// Training data: `cifar10` (the data home's, after `sc-trainer data fetch cifar10`),
+    /// CIFAR-10's official cifar-10-binary.tar.gz, or the cifar-10-batches-bin it unpacks to. Runs
+    /// are named by the data's content, not by where it lies.
     #[arg(long)]
     pub data: PathBuf,
     /// paper (the paper's settings, for a GPU), cpu (shrunk for a 2-core machine; budgets in the
@@ -215,9 +221,14 @@ pub struct ReproduceArgs {
     pub quiet: bool,
     /// budget only: copy the best one-cycle model (at the headline's budget or less) and its
     /// PC-LR counterpart to DIR as ONNX, with a model card (README.md) and zoo.json; rewritten
-    /// after every run.
+    /// after every run. A zoo made from another runs directory is refused (see --force); no file
+    /// is ever deleted.
     #[arg(long, value_name = "DIR")]
     pub zoo: Option<PathBuf>,
+    /// With --zoo: write the zoo even though it was made from another runs directory (its models
+    /// of the same names are replaced).
+    #[arg(long, requires = "zoo")]
+    pub force: bool,
 }
 
 impl ReproduceArgs {
@@ -232,6 +243,7 @@ impl ReproduceArgs {
             vec![self.experiment.clone()]
         };
         crate::device::parse(&self.device)?;
+        let data_key = crate::reproduce::DataKey::of(&self.data)?;
         Ok(names
             .into_iter()
             .map(|e| crate::reproduce::ReproducePlan {
@@ -256,6 +268,7 @@ impl ReproduceArgs {
                 experiment: e.clone(),
                 scale: self.scale.clone(),
                 data: self.data.clone(),
+                data_key: data_key.clone(),
                 seeds: self.seeds,
                 budget: self.budget,
                 device: self.device.clone(),
@@ -269,6 +282,7 @@ impl ReproduceArgs {
                 zoo: (e == "budget" || self.experiment != "all")
                     .then(|| self.zoo.clone())
                     .flatten(),
+                zoo_force: self.force,
             })
             .collect())
     }
@@ -378,8 +392,10 @@ pub struct CommonArgs {
     #[arg(help = with_default("Network: resnet20, resnet32, resnet44, resnet56 (the paper), resnet110", TrainConfig::default().model.name))]
     #[arg(long)]
     pub model: Option<String>,
-    /// Training data: an official archive as downloaded (cifar-10-binary.tar.gz,
-    /// cifar-100-binary.tar.gz), the directory it unpacks to or one holding it, a directory of
+    /// Training data: a short name for a set `sc-trainer data fetch` put in the data home
+    /// (cifar10, cifar100, mnist, fashion-mnist), an official archive as downloaded
+    /// (cifar-10-binary.tar.gz, cifar-100-binary.tar.gz), the directory it unpacks to or one
+    /// holding it, a directory of
     /// (Fashion-)MNIST IDX files, .gz or not (e.g. /usr/share/datasets/fashion-mnist), or a folder
     /// of images: DIR/<class>/* or DIR/train/<class>/* with DIR/val/<class>/* (JPEG, PNG, WebP,
     /// BMP; decoded once into DIR/.sc-cache).

@@ -75,7 +75,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Reproduce(args) => {
-            for plan in args.plans()? {
+            let plans = args.plans()?;
+            if let Some(p) = plans.first() {
+                eprintln!(
+                    "data: {} ({}; runs are named by it, not by the path)",
+                    p.data.display(),
+                    p.data_key.key
+                );
+            }
+            for plan in plans {
                 if let Some(report) = sc_trainer::reproduce::reproduce(&plan)? {
                     println!(
                         "{} ({} scale): {}",
@@ -124,15 +132,46 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("check:  sc-runtime eval MODEL {}", out.display());
             Ok(())
         }
+        Command::Data(DataCommand::Dir) => {
+            let root = sc_data::named::data_root()?;
+            println!("data home: {}", root.display());
+            if std::env::var_os(sc_data::named::DATA_DIR_ENV).is_none() {
+                println!("           (the platform's data directory; SC_DATA_DIR moves it)");
+            }
+            for k in &sc_data::named::KNOWN {
+                let dir = root.join(k.name);
+                let state = if dir.exists() {
+                    format!("{}", dir.display())
+                } else {
+                    format!("not fetched (sc-trainer data fetch {})", k.name)
+                };
+                println!("  {:<14} {state}", k.name);
+            }
+            Ok(())
+        }
         Command::Data(cmd) => {
             let plan = cmd.to_plan()?;
             for p in sc_trainer::fetch::fetch(&plan)? {
                 println!("verified: {}", p.display());
             }
-            println!(
-                "ready:    sc-trainer fit --data {0}   /   sc-runtime eval MODEL {0}",
-                plan.dir.display()
-            );
+            let home = sc_data::named::data_root().ok();
+            let by_name = match &cmd {
+                DataCommand::Fetch { set, .. }
+                    if home.map(|h| h.join(set.name())) == Some(plan.dir.clone()) =>
+                {
+                    Some(set.name())
+                }
+                _ => None,
+            };
+            match by_name {
+                Some(n) => println!(
+                    "ready:    sc-trainer fit --data {n}   /   sc-runtime eval MODEL {n}-test"
+                ),
+                None => println!(
+                    "ready:    sc-trainer fit --data {0}   /   sc-runtime eval MODEL {0}",
+                    plan.dir.display()
+                ),
+            }
             Ok(())
         }
         Command::Export { run_dir, out } => {

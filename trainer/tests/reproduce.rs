@@ -2,13 +2,14 @@
 
 mod common;
 
-use sc_trainer::reproduce::{reproduce, ReproducePlan};
+use sc_trainer::reproduce::{reproduce, DataKey, ReproducePlan};
 
 fn plan(exp: &str, data: &std::path::Path, root: &std::path::Path) -> ReproducePlan {
     ReproducePlan {
         experiment: exp.into(),
         scale: "tiny".into(),
         data: data.to_path_buf(),
+        data_key: DataKey::of(data).unwrap(),
         seeds: 2,
         budget: 1.0,
         device: "cpu".into(),
@@ -17,6 +18,7 @@ fn plan(exp: &str, data: &std::path::Path, root: &std::path::Path) -> ReproduceP
         progress: false,
         dry_run: false,
         zoo: None,
+        zoo_force: false,
     }
 }
 
@@ -133,6 +135,23 @@ fn tiny_budget_tunes_weight_decay_then_trains_the_grid_and_reads_the_speed_up_of
     assert!(reproduce(&p).unwrap().is_none());
     assert!(!p.zoo.as_ref().unwrap().exists());
     p.dry_run = false;
+    // A zoo already there, made from these runs, with a model the new picks will not list: it
+    // is never deleted (a committed file stays whatever the grid picks).
+    let zoo = p.zoo.as_ref().unwrap();
+    std::fs::create_dir(zoo).unwrap();
+    let old_run = p.runs_root.join("an-earlier-run").display().to_string();
+    std::fs::write(
+        zoo.join("zoo.json"),
+        serde_json::json!([{"file": "committed.onnx", "run": old_run}]).to_string(),
+    )
+    .unwrap();
+    std::fs::write(zoo.join("committed.onnx"), b"a shipped model").unwrap();
+    // The same zoo from another runs directory is refused before anything trains.
+    let mut other = p.clone();
+    other.runs_root = tmp.path().join("other-runs");
+    let e = format!("{:#}", reproduce(&other).unwrap_err());
+    assert!(e.contains("--force") && e.contains("committed.onnx"), "{e}");
+    assert!(!other.runs_root.exists(), "nothing trained");
     let r = reproduce(&p).unwrap().unwrap();
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(p.out.join("report.json")).unwrap()).unwrap();
@@ -284,10 +303,15 @@ fn tiny_budget_tunes_weight_decay_then_trains_the_grid_and_reads_the_speed_up_of
         files,
         [
             "README.md",
+            "committed.onnx",
             "resnet8-1cycle-1ep.onnx",
             "resnet8-pc-lr-2ep.onnx",
             "zoo.json"
         ]
+    );
+    assert_eq!(
+        std::fs::read(zoo.join("committed.onnx")).unwrap(),
+        b"a shipped model"
     );
     let card = std::fs::read_to_string(zoo.join("README.md")).unwrap();
     for m in models {
@@ -306,7 +330,7 @@ fn tiny_budget_tunes_weight_decay_then_trains_the_grid_and_reads_the_speed_up_of
         assert!(card.contains(machines[0].as_str().unwrap()), "{card}");
     }
     // How to check the first model's validation figure, and to train them again in the same
-    // run directories (named by the data folder's name).
+    // run directories (named by the data's content: made-up data is named by its path).
     let first_run = models[0]["run"].as_str().unwrap();
     assert!(
         card.contains(&format!("sc-trainer data holdout {first_run} ")),
@@ -316,8 +340,13 @@ fn tiny_budget_tunes_weight_decay_then_trains_the_grid_and_reads_the_speed_up_of
         card.contains(&format!("--runs {}", p.runs_root.display())),
         "{card}"
     );
-    let data_name = p.data.file_name().unwrap().to_string_lossy().to_string();
-    assert!(card.contains(&format!("--data data/{data_name}")), "{card}");
+    assert!(
+        card.contains(&format!("--data {} ", p.data.display())),
+        "{card}"
+    );
+    // The data by identity, never by a path of this machine.
+    assert_eq!(sc["data"].as_str(), Some(p.data_key.key.as_str()));
+    assert!(sc["data"].as_str().unwrap().starts_with("data@sha256:"));
 }
 
 #[test]

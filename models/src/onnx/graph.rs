@@ -1,10 +1,9 @@
 //! A small builder over the ONNX protobuf types: initializers, nodes with typed attributes, and
 //! graph inputs/outputs with symbolic dimensions.
 
-use candle_onnx::onnx::{
-    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto,
-    AttributeProto, GraphProto, NodeProto, TensorProto, TensorShapeProto, TypeProto,
-    ValueInfoProto,
+use super::proto::{
+    attribute_type, AttributeProto, DimValue, Dimension, GraphProto, NodeProto, TensorProto,
+    TensorShapeProto, TensorType, TypeProto, TypeValue, ValueInfoProto, FLOAT,
 };
 
 /// A dimension of a graph input or output: fixed, or named (symbolic).
@@ -27,7 +26,7 @@ impl GraphBuilder {
         self.initializers.push(TensorProto {
             name: name.to_string(),
             dims: dims.iter().map(|&d| d as i64).collect(),
-            data_type: DataType::Float as i32,
+            data_type: FLOAT,
             raw_data: raw,
             ..Default::default()
         });
@@ -73,7 +72,7 @@ impl GraphBuilder {
 pub fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
     AttributeProto {
         name: name.to_string(),
-        r#type: AttributeType::Ints as i32,
+        r#type: attribute_type::INTS,
         ints: v.to_vec(),
         ..Default::default()
     }
@@ -82,7 +81,7 @@ pub fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
 pub fn attr_int(name: &str, v: i64) -> AttributeProto {
     AttributeProto {
         name: name.to_string(),
-        r#type: AttributeType::Int as i32,
+        r#type: attribute_type::INT,
         i: v,
         ..Default::default()
     }
@@ -91,7 +90,7 @@ pub fn attr_int(name: &str, v: i64) -> AttributeProto {
 pub fn attr_float(name: &str, v: f32) -> AttributeProto {
     AttributeProto {
         name: name.to_string(),
-        r#type: AttributeType::Float as i32,
+        r#type: attribute_type::FLOAT,
         f: v,
         ..Default::default()
     }
@@ -101,10 +100,10 @@ pub fn attr_float(name: &str, v: f32) -> AttributeProto {
 pub fn float_value(name: &str, dims: &[Dim]) -> ValueInfoProto {
     let dim = dims
         .iter()
-        .map(|d| tensor_shape_proto::Dimension {
+        .map(|d| Dimension {
             value: Some(match d {
-                Dim::Fixed(v) => tensor_shape_proto::dimension::Value::DimValue(*v),
-                Dim::Named(s) => tensor_shape_proto::dimension::Value::DimParam(s.to_string()),
+                Dim::Fixed(v) => DimValue::DimValue(*v),
+                Dim::Named(s) => DimValue::DimParam(s.to_string()),
             }),
             ..Default::default()
         })
@@ -112,8 +111,8 @@ pub fn float_value(name: &str, dims: &[Dim]) -> ValueInfoProto {
     ValueInfoProto {
         name: name.to_string(),
         r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: DataType::Float as i32,
+            value: Some(TypeValue::TensorType(TensorType {
+                elem_type: FLOAT,
                 shape: Some(TensorShapeProto { dim }),
             })),
             ..Default::default()

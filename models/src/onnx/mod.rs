@@ -6,12 +6,13 @@
 //! form; global average pooling as `ReduceMean` over axes [2, 3]; opset 13, IR version 7.
 
 mod graph;
+mod proto;
 
 use std::collections::HashMap;
 
 use candle_core::Tensor;
-use candle_onnx::onnx::{ModelProto, OperatorSetIdProto, StringStringEntryProto};
 use prost::Message;
+use proto::{ModelProto, OperatorSetIdProto, StringStringEntryProto};
 
 use sc_data::metadata::{InputSpec, ModelMetadata};
 

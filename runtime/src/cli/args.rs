@@ -21,9 +21,10 @@ pub enum Command {
         /// The test set: an official archive as downloaded (cifar-10-binary.tar.gz,
         /// cifar-100-binary.tar.gz; read without unpacking), a CIFAR-10/100 binary test batch
         /// (e.g. test_batch.bin), an IDX images file (t10k-images-idx3-ubyte[.gz]), a directory
-        /// holding any of these or the directory an archive unpacks to, a short name for a fetched
-        /// set (cifar-test, cifar100-test, mnist-test, fashion-mnist-test: under data/ or
-        /// SC_DATA_DIR), or a folder of images (DIR/test/<class>/*, else DIR/val/<class>/*, else
+        /// holding any of these or the directory an archive unpacks to, a short name for a set
+        /// `sc-trainer data fetch` put in the data home (cifar-test or cifar10, cifar100-test,
+        /// mnist-test, fashion-mnist-test; $SC_DATA_DIR, else ~/.local/share/super-convergence),
+        /// or a folder of images (DIR/test/<class>/*, else DIR/val/<class>/*, else
         /// DIR/<class>/*), fitted as the trainer fitted them, class names matched to the model's.
         data: PathBuf,
         /// Evaluate only the first N images [default: all].

@@ -186,7 +186,7 @@ fn planned(
     epochs: f64,
     (max_lr, wd): (Option<f64>, f64),
     config: TrainConfig,
-    root: &Path,
+    plan: &ReproducePlan,
 ) -> BudgetRun {
     BudgetRun {
         run: PlannedRun {
@@ -195,7 +195,7 @@ fn planned(
             group: s.label.clone(),
             paper: 0.0,
             seed: config.seed,
-            dir: run_dir(root, &config),
+            dir: run_dir(&plan.runs_root, &config, &plan.data_key),
             config,
         },
         epochs,
@@ -221,7 +221,7 @@ pub fn lr_tuning_runs(scale: &BudgetScale, plan: &ReproducePlan) -> anyhow::Resu
         for step in 0..=MAX_LR_STEPS {
             for &m in &lrs[runs.len()..] {
                 let c = config(scale, s, epochs, Some(m), wd, 0, plan)?;
-                runs.push(planned(s, epochs, (Some(m), wd), c, &plan.runs_root));
+                runs.push(planned(s, epochs, (Some(m), wd), c, plan));
             }
             if step == MAX_LR_STEPS || !runs.iter().all(|r| finished(&r.run.dir)) {
                 break;
@@ -285,7 +285,7 @@ pub fn tuning_runs(
         let Ok(m) = max_lr_of(s, lr) else { continue };
         for &wd in &scale.weight_decays {
             let c = config(scale, s, scale.tune_epochs, m, wd, 0, plan)?;
-            out.push(planned(s, scale.tune_epochs, (m, wd), c, &plan.runs_root));
+            out.push(planned(s, scale.tune_epochs, (m, wd), c, plan));
         }
     }
     Ok(out)
@@ -395,7 +395,7 @@ pub fn grid_runs(
             };
             for seed in 0..seeds {
                 let c = config(scale, s, e, m, wd, seed, plan)?;
-                out.push(planned(s, e, (m, wd), c, &plan.runs_root));
+                out.push(planned(s, e, (m, wd), c, plan));
             }
         }
     }
@@ -506,7 +506,7 @@ pub fn reproduce(plan: &ReproducePlan) -> anyhow::Result<Option<super::report::R
     }
     crate::io::ensure_writable_dir(&plan.out)?;
     if let Some(zoo) = &plan.zoo {
-        super::zoo::check_dir(zoo).context("--zoo")?;
+        super::zoo::check_dir(zoo, &plan.runs_root, plan.zoo_force).context("--zoo")?;
     }
     // The max-LR search, until no schedule steps past an edge of its candidates any more.
     let mut lr_runs = lr_runs;
@@ -1130,6 +1130,7 @@ mod tests {
             experiment: "budget".into(),
             scale: "cpu".into(),
             data: PathBuf::from("d"),
+            data_key: crate::reproduce::DataKey::fixed("d"),
             seeds,
             budget: 1.0,
             device: "cpu".into(),
@@ -1138,6 +1139,7 @@ mod tests {
             progress: false,
             dry_run: true,
             zoo: None,
+            zoo_force: false,
         }
     }
 

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-pub use preset::{expand, load, stretch, PlannedRun, Role, PRESETS};
+pub use preset::{expand, load, stretch, DataKey, PlannedRun, Role, PRESETS};
 pub use report::{build_report, Report};
 
 use crate::run_dir::{read_summary, Outcome};
@@ -23,6 +23,8 @@ pub struct ReproducePlan {
     pub experiment: String,
     pub scale: String,
     pub data: PathBuf,
+    /// What the runs' names say of the data ([`DataKey::of`] reads it once).
+    pub data_key: DataKey,
     pub seeds: u64,
     /// Every run's iterations, milestones and evaluation interval times this (1: the preset's).
     pub budget: f64,
@@ -36,6 +38,8 @@ pub struct ReproducePlan {
     pub dry_run: bool,
     /// `budget` only: where to put the deployable models and their card ([`zoo`]).
     pub zoo: Option<PathBuf>,
+    /// `budget` only: write the zoo even where it was made from another runs directory.
+    pub zoo_force: bool,
 }
 
 /// Every experiment `reproduce` knows: the presets, then `budget` (its own format and report).
@@ -104,7 +108,7 @@ pub fn reproduce(plan: &ReproducePlan) -> anyhow::Result<Option<Report>> {
     let (mut scale, mut runs) = expand(
         &preset,
         &plan.scale,
-        &plan.data,
+        (&plan.data, &plan.data_key),
         plan.seeds,
         &plan.device,
         &plan.runs_root,
@@ -113,7 +117,7 @@ pub fn reproduce(plan: &ReproducePlan) -> anyhow::Result<Option<Report>> {
         for r in &mut runs {
             stretch(&mut r.config, plan.budget)
                 .with_context(|| format!("preset {} / {}", plan.experiment, r.label))?;
-            r.dir = preset::run_dir(&plan.runs_root, &r.config);
+            r.dir = preset::run_dir(&plan.runs_root, &r.config, &plan.data_key);
         }
         scale.budget = format!(
             "{} -- stretched {}x by --budget (iterations, milestones, evaluation interval)",

@@ -128,17 +128,39 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// The run directory of a config: `{model}-{schedule}-{iterations}it-s{seed}-{hash}`, or
-/// `{epochs}ep` for a length in epochs. The hash covers the recipe and the data set's folder name,
-/// not where that folder is: runs committed on one machine resume on another.
-pub fn run_dir(root: &Path, cfg: &TrainConfig) -> PathBuf {
+/// What run names say of their data: its identity by content (a known set's name and the
+/// SHA-256 of the training split), and the tokens older runs were named by (the data folder's
+/// name), so that their directories stay resumable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataKey {
+    pub key: String,
+    pub legacy: Vec<String>,
+}
+
+impl DataKey {
+    /// Reads the training split at `data` (a path or a short name) to name it by content.
+    pub fn of(data: &Path) -> anyhow::Result<DataKey> {
+        let id = sc_data::named::DataIdentity::of(data)
+            .with_context(|| format!("reading {} to name its runs", data.display()))?;
+        Ok(DataKey {
+            key: id.key(),
+            legacy: id.legacy_names(),
+        })
+    }
+
+    /// A key given as it is, with no older names (tests).
+    pub fn fixed(key: &str) -> DataKey {
+        DataKey {
+            key: key.to_string(),
+            legacy: Vec::new(),
+        }
+    }
+}
+
+/// A config's directory name with `data` standing for its data set.
+fn run_name(cfg: &TrainConfig, data: &str) -> String {
     let mut recipe = cfg.clone();
-    recipe.data.path = cfg
-        .data
-        .path
-        .file_name()
-        .map(PathBuf::from)
-        .unwrap_or_default();
+    recipe.data.path = PathBuf::from(data);
     let json = serde_json::to_string(&recipe).expect("config serializes");
     let kind = serde_json::to_value(&cfg.schedule)
         .ok()
@@ -148,13 +170,31 @@ pub fn run_dir(root: &Path, cfg: &TrainConfig) -> PathBuf {
         (None, Some(e)) => format!("{e}ep"),
         (i, _) => format!("{}it", i.unwrap_or(0)),
     };
-    root.join(format!(
+    format!(
         "{}-{}-{length}-s{}-{:08x}",
         cfg.model.name,
         kind,
         cfg.seed,
         fnv1a(json.as_bytes()) as u32
-    ))
+    )
+}
+
+/// The run directory of a config: `{model}-{schedule}-{iterations}it-s{seed}-{hash}`, or
+/// `{epochs}ep` for a length in epochs. The hash covers the recipe and the data's identity
+/// ([`DataKey`]), not where the data lies: the same data under any path, as an archive or
+/// unpacked, names the same runs, and runs committed on one machine resume on another. A
+/// directory named the older way (by the data folder's name) is used when it exists and the new
+/// one does not.
+pub fn run_dir(root: &Path, cfg: &TrainConfig, data: &DataKey) -> PathBuf {
+    let dir = root.join(run_name(cfg, &data.key));
+    if dir.exists() {
+        return dir;
+    }
+    data.legacy
+        .iter()
+        .map(|l| root.join(run_name(cfg, l)))
+        .find(|d| d.exists())
+        .unwrap_or(dir)
 }
 
 /// Stretches a run's budget by `factor`: iterations (or epochs), the evaluation interval, and
@@ -187,7 +227,7 @@ pub fn stretch(cfg: &mut TrainConfig, factor: f64) -> anyhow::Result<()> {
 pub fn expand(
     preset: &Preset,
     scale: &str,
-    data: &Path,
+    (data, key): (&Path, &DataKey),
     seeds: u64,
     device: &str,
     runs_root: &Path,
@@ -221,7 +261,7 @@ pub fn expand(
                 group: r.group.clone(),
                 paper: r.paper,
                 seed,
-                dir: run_dir(runs_root, &config),
+                dir: run_dir(runs_root, &config, key),
                 config,
             });
         }
@@ -247,7 +287,7 @@ mod tests {
             assert_eq!(p.experiment, name);
             for scale in ["paper", "cpu"] {
                 let (_, runs) =
-                    expand(&p, scale, Path::new("d"), 2, "cpu", Path::new("r")).unwrap();
+                    expand(&p, scale, (Path::new("d"), &d()), 2, "cpu", Path::new("r")).unwrap();
                 assert_eq!(runs.len(), 2 * n, "{name}/{scale}");
                 // Distinct settings get distinct directories; seeds too.
                 let mut dirs: Vec<_> = runs.iter().map(|r| r.dir.clone()).collect();
@@ -263,7 +303,7 @@ mod tests {
         let e = expand(
             &load("depth").unwrap(),
             "huge",
-            Path::new("d"),
+            (Path::new("d"), &d()),
             1,
             "cpu",
             Path::new("r"),
@@ -280,7 +320,7 @@ mod tests {
         let (_, runs) = expand(
             &load("sc-vs-pc").unwrap(),
             "paper",
-            Path::new("d"),
+            (Path::new("d"), &d()),
             1,
             "cpu",
             Path::new("r"),
@@ -303,7 +343,7 @@ mod tests {
         let (_, runs) = expand(
             &load("depth").unwrap(),
             "cpu",
-            Path::new("d"),
+            (Path::new("d"), &d()),
             1,
             "cpu",
             Path::new("r"),
@@ -331,7 +371,7 @@ mod tests {
             expand(
                 &load(e).unwrap(),
                 "cpu",
-                Path::new("d"),
+                (Path::new("d"), &d()),
                 1,
                 "cpu",
                 Path::new("r"),
@@ -361,7 +401,7 @@ mod tests {
         let (_, runs) = expand(
             &load("sc-vs-pc").unwrap(),
             "cpu",
-            Path::new("d"),
+            (Path::new("d"), &d()),
             1,
             "cpu",
             Path::new("r"),
@@ -370,25 +410,64 @@ mod tests {
         let mut cfg = runs[0].config.clone();
         let json = serde_json::to_string(&cfg).unwrap();
         assert!(!json.contains("precision"), "{json}");
-        let f32_dir = run_dir(Path::new("r"), &cfg);
+        let f32_dir = run_dir(Path::new("r"), &cfg, &d());
         assert_eq!(f32_dir, runs[0].dir);
         cfg.precision = crate::config::Precision::Bf16;
         assert!(serde_json::to_string(&cfg)
             .unwrap()
             .contains(r#""precision":"bf16""#));
-        assert_ne!(run_dir(Path::new("r"), &cfg), f32_dir);
+        assert_ne!(run_dir(Path::new("r"), &cfg, &d()), f32_dir);
         // Where the data set lies does not matter; which one it is does.
         let mut moved = runs[0].config.clone();
         moved.data.path = Path::new("/elsewhere").join(&runs[0].config.data.path);
-        assert_eq!(run_dir(Path::new("r"), &moved), f32_dir);
-        moved.data.path = PathBuf::from("/elsewhere/other-set");
-        assert_ne!(run_dir(Path::new("r"), &moved), f32_dir);
+        assert_eq!(run_dir(Path::new("r"), &moved, &d()), f32_dir);
+        assert_ne!(
+            run_dir(Path::new("r"), &moved, &DataKey::fixed("other@sha256:0")),
+            f32_dir
+        );
+    }
+
+    #[test]
+    fn a_run_named_by_its_data_folder_before_identities_is_still_found() {
+        let (_, runs) = expand(
+            &load("sc-vs-pc").unwrap(),
+            "cpu",
+            (Path::new("d"), &d()),
+            1,
+            "cpu",
+            Path::new("r"),
+        )
+        .unwrap();
+        let cfg = &runs[0].config;
+        let root = tempfile::tempdir().unwrap();
+        let key = DataKey {
+            key: "cifar10@sha256:0123456789abcdef".into(),
+            legacy: vec!["cifar-10-batches-bin".into()],
+        };
+        let new = run_dir(root.path(), cfg, &key);
+        // The older name: the data folder's name where the identity is now.
+        let old = root.path().join(run_name(cfg, "cifar-10-batches-bin"));
+        assert_ne!(new, old);
+        std::fs::create_dir(&old).unwrap();
+        assert_eq!(run_dir(root.path(), cfg, &key), old, "the old run resumes");
+        // Once a directory of the new name exists, it wins.
+        std::fs::create_dir(&new).unwrap();
+        assert_eq!(run_dir(root.path(), cfg, &key), new);
+        // Without the older name among the key's, the old directory is not taken.
+        std::fs::remove_dir(&new).unwrap();
+        assert_eq!(run_dir(root.path(), cfg, &DataKey::fixed(&key.key)), new);
+    }
+
+    /// The data key of the tests' made-up data path `d`.
+    fn d() -> DataKey {
+        DataKey::fixed("d")
     }
 
     #[test]
     fn a_budget_factor_stretches_iterations_milestones_and_evaluation_together() {
         let p = load("train-size").unwrap();
-        let (_, runs) = expand(&p, "cpu", Path::new("d"), 1, "cpu", Path::new("r")).unwrap();
+        let (_, runs) =
+            expand(&p, "cpu", (Path::new("d"), &d()), 1, "cpu", Path::new("r")).unwrap();
         let mut pc = runs
             .iter()
             .find(|r| r.role == Role::Pc)
@@ -396,10 +475,10 @@ mod tests {
             .config
             .clone();
         assert_eq!(pc.iterations, Some(6400));
-        let before = run_dir(Path::new("r"), &pc);
+        let before = run_dir(Path::new("r"), &pc, &d());
         stretch(&mut pc, 1.0).unwrap();
         assert_eq!(
-            run_dir(Path::new("r"), &pc),
+            run_dir(Path::new("r"), &pc, &d()),
             before,
             "factor 1 changes nothing"
         );
@@ -409,7 +488,7 @@ mod tests {
             Schedule::Piecewise(p) => assert_eq!(p.milestones, vec![17_600, 24_640]),
             s => panic!("{s:?}"),
         }
-        assert_ne!(run_dir(Path::new("r"), &pc), before);
+        assert_ne!(run_dir(Path::new("r"), &pc, &d()), before);
         for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
             let e = stretch(&mut pc.clone(), bad).unwrap_err().to_string();
             assert!(e.contains("--budget"), "{e}");

@@ -45,7 +45,8 @@ pub struct ZooModel {
     pub augment: String,
     pub train_images: usize,
     pub val_images: usize,
-    /// The training data, as the run recorded it.
+    /// The training data by identity: a known set's name and the SHA-256 of its training split
+    /// (never a path of the machine it was made on).
     pub data: String,
     pub seed: u64,
     /// Final validation accuracy (fraction) on the held-out split of the training set.
@@ -183,7 +184,7 @@ fn slug(s: &str) -> String {
     out.trim_matches('-').to_string()
 }
 
-fn model(c: &Candidate, points: &[Point], zoo: &Path) -> anyhow::Result<ZooModel> {
+fn model(c: &Candidate, points: &[Point], zoo: &Path, data: &str) -> anyhow::Result<ZooModel> {
     let cfg: TrainConfig = read_config(&c.dir)?;
     let info = read_run_info(&c.dir)?;
     let summary =
@@ -229,7 +230,7 @@ fn model(c: &Candidate, points: &[Point], zoo: &Path) -> anyhow::Result<ZooModel
         augment,
         train_images: info.train_images,
         val_images: info.val_images,
-        data: info.data_source,
+        data: data.to_string(),
         seed: c.seed,
         val_acc: c.val_acc,
         val_acc_over_seeds: over_seeds,
@@ -248,8 +249,8 @@ const INDEX: &str = "zoo.json";
 
 /// Writes the zoo's models as each becomes known (a run directory restored from a commit keeps
 /// no model file, so a model is kept in the zoo as soon as it is picked); returns what it wrote
-/// and what it still waits for, or only why it waits when neither model exists. Files the
-/// previous zoo listed and this one does not are removed; nothing else in `dir` is touched.
+/// and what it still waits for, or only why it waits when neither model exists. Nothing is ever
+/// deleted: a model the previous zoo listed and this one does not stays in `dir`, unlisted.
 pub fn write(
     dir: &Path,
     scale_name: &str,
@@ -265,43 +266,81 @@ pub fn write(
     if sc.is_err() && pc.is_err() {
         return Ok(Err(waiting.join("; ")));
     }
-    check_dir(dir)?;
+    check_dir(dir, &plan.runs_root, plan.zoo_force)?;
     crate::io::remove_stale_temps(dir);
-    let before: Vec<String> = std::fs::read_to_string(dir.join(INDEX))
-        .ok()
-        .and_then(|t| serde_json::from_str::<Vec<serde_json::Value>>(&t).ok())
-        .map(|v| {
-            v.iter()
-                .filter_map(|m| m["file"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
+    let before = listed(dir);
     let mut models = Vec::new();
     for c in [sc.ok(), pc.ok()].into_iter().flatten() {
-        models.push(model(&c, points, dir)?);
+        models.push(model(&c, points, dir, &plan.data_key.key)?);
     }
     // The index last: its checksums describe files already in place.
     let card = card(dir, scale_name, scale, plan, &models, &waiting);
     write_atomic(&dir.join(CARD), card.as_bytes())?;
     write_json(&dir.join(INDEX), &models)?;
-    for old in before {
-        let gone = !models.iter().any(|m| m.file == old);
-        // Only plain names of files this command wrote (never a path out of the directory).
-        if gone && old.ends_with(".onnx") && !old.contains(['/', '\\']) {
-            let _ = std::fs::remove_file(dir.join(old));
+    for (old, _) in before {
+        if !models.iter().any(|m| m.file == old) && dir.join(&old).exists() {
+            eprintln!(
+                "zoo {}: {old} is no longer listed in {INDEX}; it is left in place",
+                dir.display()
+            );
         }
     }
     Ok(Ok((models, waiting)))
 }
 
-/// The zoo directory can be written, and its README.md, if any, is a card this command wrote.
-pub fn check_dir(dir: &Path) -> anyhow::Result<()> {
+/// The `(file, run directory)` pairs a zoo's index lists (none when it has no readable index).
+fn listed(dir: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(dir.join(INDEX))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Vec<serde_json::Value>>(&t).ok())
+        .map(|v| {
+            v.iter()
+                .filter_map(|m| {
+                    Some((
+                        m["file"].as_str()?.to_string(),
+                        m["run"].as_str().unwrap_or_default().to_string(),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `path` without `.` components (`./runs/x` and `runs/x` name the same runs).
+fn lexical(path: &Path) -> PathBuf {
+    path.components()
+        .filter(|c| *c != std::path::Component::CurDir)
+        .collect()
+}
+
+/// The zoo directory can be written; its README.md, if any, is a card this command wrote; and
+/// its models were made from `runs_root`'s runs, unless `force`: a zoo of another experiment's
+/// runs is not replaced by accident (a run directory left out of a command would otherwise start
+/// a new grid and replace the shipped models with its first results).
+pub fn check_dir(dir: &Path, runs_root: &Path, force: bool) -> anyhow::Result<()> {
     crate::io::ensure_writable_dir(dir)?;
     if dir.join(CARD).exists() && !dir.join(INDEX).exists() {
         anyhow::bail!(
             "{} has a {CARD} but no {INDEX}: it is not a zoo this command wrote, and its {CARD} \
              would be replaced; give --zoo an empty or new directory",
             dir.display()
+        );
+    }
+    if force {
+        return Ok(());
+    }
+    let foreign: Vec<String> = listed(dir)
+        .into_iter()
+        .filter(|(_, run)| !lexical(Path::new(run)).starts_with(lexical(runs_root)))
+        .map(|(file, run)| format!("{file} (from {run})"))
+        .collect();
+    if !foreign.is_empty() {
+        anyhow::bail!(
+            "{} holds models made from another runs directory than {}: {}. Give that experiment's \
+             --runs to go on with it, another --zoo directory, or --force to replace them",
+            dir.display(),
+            runs_root.display(),
+            foreign.join(", ")
         );
     }
     Ok(())
@@ -334,10 +373,32 @@ fn card(
 ) -> String {
     let h = &scale.headline;
     let arch = m.first().map_or("the model", |x| x.arch.as_str());
+    // A known set by its short name (the data home's copy); other data as the command named it.
+    let data = match plan.data_key.key.split_once('@') {
+        Some((name, _)) if name != "data" => name.to_string(),
+        _ => plan.data.display().to_string(),
+    };
+    let mut again = format!(
+        "sc-trainer reproduce budget --scale {scale_name} --data {data} --zoo {}",
+        dir.display()
+    );
+    if plan.budget != 1.0 {
+        again += &format!(" --budget {}", plan.budget);
+    }
+    if plan.seeds != 1 {
+        again += &format!(" --seeds {}", plan.seeds);
+    }
+    if plan.device != "cpu" {
+        again += &format!(" --device {}", plan.device);
+    }
+    let runs = plan.runs_root.display().to_string();
+    if runs != "runs/reproduce" {
+        again += &format!(" --runs {runs}");
+    }
     let mut s = format!(
         "# Model zoo: super-converged {arch}\n\n\
-         Written by `sc-trainer reproduce budget --scale {scale_name} --zoo {}` from its runs \
-         (docs/REPRODUCTION.md, \"Accuracy against budget\"); do not edit by hand. Budget: {}\n\n\
+         Written by `{again}` from its runs (docs/REPRODUCTION.md, \"Accuracy against \
+         budget\"); do not edit by hand. Budget: {}\n\n\
          - **The first model** is the best finished one-cycle run at {} or less, over \
          every budget, seed and one-cycle form. It is picked by validation accuracy, so its \
          figure is a best-of-several; compare the schedules by the all-seeds column.\n\
@@ -345,7 +406,6 @@ fn card(
          (the same seed where it has one, else its best).\n\n\
          | file | schedule | epochs | validation accuracy | same budget, all seeds | training time | machine |\n\
          |---|---|---:|---:|---:|---:|---|\n",
-        dir.display(),
         scale.budget,
         epochs_text(h.sc_epochs),
         h.pc,
@@ -404,56 +464,24 @@ fn card(
         .display()
         .to_string();
     let run = m.first().map_or("RUN_DIR", |x| x.run.as_str());
-    // Run directories are named by the data folder's name too: train again under that name.
-    let data_name = m
-        .first()
-        .and_then(|x| read_config(Path::new(&x.run)).ok())
-        .and_then(|c| {
-            c.data
-                .path
-                .file_name()
-                .map(|n| n.to_string_lossy().to_string())
-        })
-        .unwrap_or_else(|| "cifar10".into());
-    let unpack = if data_name == "cifar-10-batches-bin" {
-        "tar xzf data/cifar10/cifar-10-binary.tar.gz -C data   # data/cifar-10-batches-bin\n"
-    } else {
-        ""
-    };
-    let mut again = format!(
-        "sc-trainer reproduce budget --scale {scale_name} --data data/{data_name} --zoo {}",
-        dir.display()
-    );
-    if plan.budget != 1.0 {
-        again += &format!(" --budget {}", plan.budget);
-    }
-    if plan.seeds != 1 {
-        again += &format!(" --seeds {}", plan.seeds);
-    }
-    if plan.device != "cpu" {
-        again += &format!(" --device {}", plan.device);
-    }
-    let runs = plan.runs_root.display().to_string();
-    if runs != "runs/reproduce" {
-        again += &format!(" --runs {runs}");
-    }
     s += &format!(
         "\nEach file carries its recipe, classes, normalization and validation accuracy as ONNX \
          metadata (`sc-runtime info FILE` prints them).\n\n## Use them\n\n\
          From the repository's root, with the binaries built (`cargo build --release -p \
          sc-trainer -p sc-runtime`; both are in `target/release/`):\n\n```\n\
-         sc-trainer data fetch cifar10          # the official archive, test set included, into data/cifar10\n\
+         sc-trainer data fetch cifar10          # the official archive, test set included, into the data home\n\
          sc-runtime eval {f} cifar-test         # accuracy on the 10,000 test images\n\
          sc-runtime predict {f} photo.jpg       # top classes of one picture\n\
          sc-runtime serve {f} --port 8080       # an HTTP service\n\
          # The validation figure above, from the file alone: the run's held-out images, then eval\n\
-         sc-trainer data holdout {run} --data data/cifar10 --out val.bin\n\
+         sc-trainer data holdout {run} --data {data} --out val.bin\n\
          sc-runtime eval {f} val.bin\n```\n\n\
-         ## Train them again\n\n```\nsc-trainer data fetch cifar10\n{unpack}{again}\n```\n\n\
+         ## Train them again\n\n```\n{again}\n```\n\n\
          The command resumes: finished runs are kept, unfinished ones continue from their \
-         checkpoints (in `{runs}/`). A run's directory is named by its recipe and the data \
-         folder's name (`{data_name}` here), so the data goes under that name to go on from \
-         these runs rather than start new ones.\n"
+         checkpoints (in `{runs}/`). A run's directory is named by its recipe and the data's \
+         content (`{}`), not by where the data lies, so any copy of the same data goes on from \
+         these runs.\n",
+        m.first().map_or(plan.data_key.key.as_str(), |x| x.data.as_str())
     );
     s
 }
@@ -586,12 +614,44 @@ mod tests {
     #[test]
     fn a_directory_with_someone_else_s_readme_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
-        check_dir(tmp.path()).unwrap();
+        let runs = Path::new("runs");
+        check_dir(tmp.path(), runs, false).unwrap();
         std::fs::write(tmp.path().join("README.md"), "mine").unwrap();
-        let e = check_dir(tmp.path()).unwrap_err().to_string();
+        let e = check_dir(tmp.path(), runs, false).unwrap_err().to_string();
         assert!(e.contains("not a zoo this command wrote"), "{e}");
+        let e = check_dir(tmp.path(), runs, true).unwrap_err().to_string();
+        assert!(e.contains("not a zoo this command wrote"), "--force: {e}");
         std::fs::write(tmp.path().join("zoo.json"), "[]").unwrap();
-        check_dir(tmp.path()).unwrap();
+        check_dir(tmp.path(), runs, false).unwrap();
+    }
+
+    #[test]
+    fn a_zoo_made_from_another_runs_directory_is_refused_without_force() {
+        let tmp = tempfile::tempdir().unwrap();
+        let index = serde_json::json!([
+            {"file": "resnet20-1cycle-30ep.onnx", "run": "experiments/budget-cpu/runs/resnet20-a"},
+            {"file": "resnet20-pc-lr-60ep.onnx", "run": "experiments/budget-cpu/runs/resnet20-b"}
+        ]);
+        std::fs::write(tmp.path().join(INDEX), index.to_string()).unwrap();
+        // The README's old command: no --runs, so the default runs directory.
+        let e = check_dir(tmp.path(), Path::new("runs/reproduce"), false)
+            .unwrap_err()
+            .to_string();
+        for part in [
+            "resnet20-1cycle-30ep.onnx (from experiments/budget-cpu/runs/resnet20-a)",
+            "--runs",
+            "--force",
+        ] {
+            assert!(e.contains(part), "{part}: {e}");
+        }
+        check_dir(tmp.path(), Path::new("experiments/budget-cpu/runs"), false).unwrap();
+        check_dir(
+            tmp.path(),
+            Path::new("./experiments/budget-cpu/runs"),
+            false,
+        )
+        .unwrap();
+        check_dir(tmp.path(), Path::new("runs/reproduce"), true).unwrap();
     }
 
     #[test]
