@@ -26,6 +26,30 @@ pub enum NativeLayout {
     Blocked,
 }
 
+/// Test-time augmentation: what each image is run as.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tta {
+    /// The image as it is.
+    #[default]
+    None,
+    /// The image and its left-right mirror, logits averaged (twice the work).
+    Flip,
+}
+
+impl std::str::FromStr for Tta {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Tta, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "none" => Ok(Tta::None),
+            "flip" => Ok(Tta::Flip),
+            _ => Err(format!(
+                "unknown test-time augmentation {s:?}: use none or flip"
+            )),
+        }
+    }
+}
+
 /// One class and its softmax probability.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Prediction {
@@ -43,6 +67,7 @@ pub struct Classifier {
     pub(crate) transform: Transform,
     pub(crate) engine: Engine,
     par: Parallelism,
+    tta: Tta,
 }
 
 impl Classifier {
@@ -124,6 +149,7 @@ impl Classifier {
                 threads: default_threads(),
                 chunk: DEFAULT_CHUNK,
             },
+            tta: Tta::None,
         })
     }
 
@@ -175,14 +201,22 @@ impl Classifier {
         self
     }
 
+    /// Test-time augmentation for every result of this classifier (default [`Tta::None`]):
+    /// with [`Tta::Flip`] each image runs as itself and mirrored, and the logits are averaged.
+    pub fn with_tta(mut self, tta: Tta) -> Self {
+        self.tta = tta;
+        self
+    }
+
+    pub fn tta(&self) -> Tta {
+        self.tta
+    }
+
     pub fn threads(&self) -> usize {
         self.par.threads
     }
     pub fn chunk(&self) -> usize {
         self.engine.fixed_batch().unwrap_or(self.par.chunk)
-    }
-    pub(crate) fn parallelism(&self) -> Parallelism {
-        self.par
     }
 
     /// Class names in logit order.
@@ -240,14 +274,7 @@ impl Classifier {
                     problem,
                 })
         };
-        let flat = runner::run(
-            &self.engine,
-            self.par,
-            self.transform.image_len(),
-            images.len(),
-            fill,
-            &|_| {},
-        )?;
+        let flat = self.run(images.len(), fill, &|_| {})?;
         Ok(self.split(flat))
     }
 
@@ -278,15 +305,45 @@ impl Classifier {
             out.copy_from_slice(&input[i * len..(i + 1) * len]);
             Ok(())
         };
-        let flat = runner::run(
-            &self.engine,
-            self.par,
-            len,
-            input.len() / len,
-            fill,
-            &|_| {},
-        )?;
+        let flat = self.run(input.len() / len, fill, &|_| {})?;
         Ok(self.split(flat))
+    }
+
+    /// The logits of `n` images (`n * classes` values), each filled by `fill(i, out)` as the graph
+    /// takes it, with this classifier's test-time augmentation; `progress` counts images.
+    pub(crate) fn run<F>(
+        &self,
+        n: usize,
+        fill: F,
+        progress: &(dyn Fn(usize) + Sync),
+    ) -> Result<Vec<f32>>
+    where
+        F: Fn(usize, &mut [f32]) -> Result<()> + Sync,
+    {
+        let len = self.transform.image_len();
+        match self.tta {
+            Tta::None => runner::run(&self.engine, self.par, len, n, fill, progress),
+            Tta::Flip => {
+                // Runs 2n images, each image next to its mirror (j = 2i and 2i + 1).
+                // The input is C x H x W: each of its C * H rows is reversed.
+                let w = self.input().width;
+                let mirrored = |j: usize, out: &mut [f32]| {
+                    fill(j / 2, out)?;
+                    if j % 2 == 1 {
+                        out.chunks_exact_mut(w).for_each(<[f32]>::reverse);
+                    }
+                    Ok(())
+                };
+                let both = runner::run(&self.engine, self.par, len, 2 * n, mirrored, &|done| {
+                    progress(done / 2)
+                })?;
+                let k = self.classes.len();
+                Ok(both
+                    .chunks_exact(2 * k)
+                    .flat_map(|pair| (0..k).map(move |c| 0.5 * (pair[c] + pair[k + c])))
+                    .collect())
+            }
+        }
     }
 
     fn split(&self, flat: Vec<f32>) -> Vec<Vec<f32>> {

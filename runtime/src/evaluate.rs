@@ -8,7 +8,6 @@ use serde::Serialize;
 use crate::classifier::Classifier;
 use crate::data::Dataset;
 use crate::error::{Result, RuntimeError};
-use crate::runner;
 
 /// Accuracy on one class.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -40,6 +39,8 @@ pub struct Evaluation {
     pub threads: usize,
     /// Images per tract run.
     pub chunk: usize,
+    /// Test-time augmentation (`flip`: each image and its mirror, logits averaged).
+    pub tta: crate::Tta,
 }
 
 impl Classifier {
@@ -118,10 +119,7 @@ impl Classifier {
         self.check_dataset(data)?;
         let t = &self.transform;
         let started = Instant::now();
-        let logits = runner::run(
-            &self.engine,
-            self.parallelism(),
-            t.image_len(),
+        let logits = self.run(
             data.len(),
             |i, out| {
                 t.planar_bytes(data.image(i), out);
@@ -219,5 +217,6 @@ fn summarize(c: &Classifier, data: &Dataset, confusion: Vec<Vec<u64>>, seconds: 
         },
         threads: c.threads(),
         chunk: c.chunk(),
+        tta: c.tta(),
     }
 }

@@ -44,7 +44,7 @@ pub mod serve;
 mod team;
 
 pub use classifier::{
-    default_threads, softmax, Classifier, NativeLayout, Prediction, DEFAULT_CHUNK,
+    default_threads, softmax, Classifier, NativeLayout, Prediction, Tta, DEFAULT_CHUNK,
 };
 pub use contract::{MAX_INPUT_SIDE, MAX_RUN_VALUES};
 pub use data::{Dataset, Split};

@@ -106,6 +106,10 @@ pub struct RunArgs {
     /// per image for tract].
     #[arg(long, value_name = "N")]
     pub chunk: Option<usize>,
+    /// Test-time augmentation: none, or flip (each image and its left-right mirror, logits
+    /// averaged: twice the work).
+    #[arg(long, default_value = "none", value_name = "none|flip")]
+    pub tta: sc_runtime::Tta,
 }
 
 /// The preprocessing of a foreign model (one without sc.* metadata). Our models carry their own:
@@ -178,4 +182,8 @@ pub struct ServeArgs {
     /// Log one line per request on stderr (debug level; off by default).
     #[arg(long)]
     pub log_requests: bool,
+    /// Test-time augmentation for every model: none, or flip (each image and its left-right
+    /// mirror, logits averaged: twice the work per image).
+    #[arg(long, default_value = "none", value_name = "none|flip")]
+    pub tta: sc_runtime::Tta,
 }

@@ -129,7 +129,9 @@ fn load(model: &Path, pre: Option<Preprocessing>, run: &RunArgs, raw: bool) -> R
         None => Classifier::load(model)
             .context("loading the model (a foreign model needs --mean, --std and --classes)"),
     }?;
-    let clf = clf.with_threads(run.threads.unwrap_or_else(sc_runtime::default_threads));
+    let clf = clf
+        .with_threads(run.threads.unwrap_or_else(sc_runtime::default_threads))
+        .with_tta(run.tta);
     Ok(match run.chunk {
         Some(c) => clf.with_chunk(c),
         None => clf,

@@ -68,6 +68,9 @@ pub fn eval(clf: &Classifier, e: &Evaluation, json: bool) -> Result<()> {
     }
     println!("model     {}", clf.path().display());
     println!("executor  {}", clf.executor());
+    if e.tta == sc_runtime::Tta::Flip {
+        println!("tta       flip (each image and its mirror, logits averaged)");
+    }
     println!("data      {} ({} images)", e.dataset, e.images);
     println!(
         "accuracy  {:.2}% ({} / {})",

@@ -56,7 +56,8 @@ pub fn run(a: ServeArgs) -> Result<()> {
             .with_context(|| {
                 format!("loading model '{name}' (serve takes models with sc.* metadata)")
             })?
-            .with_threads(threads);
+            .with_threads(threads)
+            .with_tta(a.tta);
         models.push((name, clf));
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
