@@ -532,6 +532,14 @@ pub struct FitArgs {
     /// Do not decay BatchNorm parameters and biases.
     #[arg(long)]
     pub no_decay_bn: bool,
+    /// Label smoothing epsilon in [0, 1): the target is 1 - EPS on the label and EPS / classes on
+    /// every class [default: 0, none].
+    #[arg(long, value_name = "EPS")]
+    pub label_smoothing: Option<f64>,
+    /// Start each residual branch's last BatchNorm scale at 0 (every block begins as its
+    /// shortcut; "Bag of Tricks").
+    #[arg(long)]
+    pub zero_init_residual: bool,
     #[arg(help = with_default(
         "Momentum formulation: pytorch (v = m·v + g; w -= lr·v) or caffe (v = m·v + lr·g; w -= v)",
         lower(TrainConfig::default().optimizer.style),
@@ -674,6 +682,12 @@ impl FitArgs {
         }
         if let Some(s) = self.momentum_style {
             o.style = s;
+        }
+        if let Some(e) = self.label_smoothing {
+            c.label_smoothing = e;
+        }
+        if self.zero_init_residual {
+            c.model.zero_init_residual = true;
         }
         if let Some(b) = self.bn_momentum {
             c.model.bn_momentum = b;

@@ -24,6 +24,11 @@ pub struct ModelConfig {
     /// the paper's CLR runs: 0.05, its PC runs: 0.001).
     #[serde(default = "model_defaults::bn_momentum")]
     pub bn_momentum: f64,
+    /// Start each residual branch's last BatchNorm scale (gamma) at 0, so that every block begins
+    /// as its shortcut (Goyal et al. 2017; He et al. 2019, "Bag of Tricks"). Left out of the
+    /// serialized config when off, so older configs and run names stay the same.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub zero_init_residual: bool,
 }
 
 impl Default for ModelConfig {
@@ -33,6 +38,7 @@ impl Default for ModelConfig {
             name: "resnet20".into(),
             shortcut: Shortcut::A,
             bn_momentum: 0.1,
+            zero_init_residual: false,
         }
     }
 }
@@ -87,6 +93,15 @@ pub struct TrainConfig {
         skip_serializing_if = "Precision::is_f32"
     )]
     pub precision: Precision,
+    /// Label smoothing epsilon in [0, 1): the loss's target is `1 - eps` on the label and
+    /// `eps / classes` spread over every class (PyTorch's `label_smoothing`). Validation loss stays
+    /// the plain cross-entropy. Left out of the serialized config when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub label_smoothing: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 impl Default for TrainConfig {
@@ -108,6 +123,7 @@ impl Default for TrainConfig {
             device: "cpu".into(),
             test_eval: false,
             precision: Precision::F32,
+            label_smoothing: 0.0,
         }
     }
 }
@@ -194,6 +210,12 @@ impl TrainConfig {
             bail!(
                 "model.bn_momentum must be in [0, 1], got {}",
                 self.model.bn_momentum
+            );
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            bail!(
+                "label_smoothing must be in [0, 1), got {}",
+                self.label_smoothing
             );
         }
         if self.batch_size == 0 {

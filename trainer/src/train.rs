@@ -91,6 +91,22 @@ impl Net {
         })
     }
 
+    /// Sets the scale (gamma) of every residual branch's last BatchNorm to 0
+    /// (`zero_init_residual`): each block then starts as its shortcut.
+    pub fn zero_residual_gammas(&self) -> anyhow::Result<()> {
+        let mut n = 0;
+        for (name, var) in self.vars() {
+            if name.contains(".bn2.") && name.ends_with(".weight") {
+                var.set(&var.as_tensor().zeros_like()?)?;
+                n += 1;
+            }
+        }
+        if n == 0 {
+            bail!("zero_init_residual: the model has no residual branch's last BatchNorm (bn2)");
+        }
+        Ok(())
+    }
+
     pub fn vars(&self) -> HashMap<String, Var> {
         self.varmap.data().lock().expect("varmap").clone()
     }
@@ -133,6 +149,26 @@ impl Net {
         }
         Ok((loss_sum / n as f64, correct as f64 / n as f64))
     }
+}
+
+/// The training loss: mean cross-entropy against targets of `1 - eps` on the label and `eps / K`
+/// on every one of the K classes (label smoothing; `eps = 0` is the plain cross-entropy).
+pub fn smoothed_cross_entropy(
+    logits: &Tensor,
+    labels: &Tensor,
+    eps: f64,
+) -> candle_core::Result<Tensor> {
+    let log_p = candle_nn::ops::log_softmax(logits, candle_core::D::Minus1)?;
+    let nll = log_p
+        .gather(&labels.unsqueeze(1)?, 1)?
+        .neg()?
+        .mean_all()?;
+    if eps == 0.0 {
+        return Ok(nll);
+    }
+    // The uniform part: the mean over the batch of -(1/K) sum_k log p_k.
+    let uniform = log_p.mean_all()?.neg()?;
+    (nll * (1.0 - eps))? + (uniform * eps)?
 }
 
 fn count_correct(logits: &Tensor, labels: &Tensor) -> candle_core::Result<usize> {
@@ -223,6 +259,9 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
 
     // The model and optimizer, from the checkpoint when resuming; the metrics cut back to it.
     let net = Net::new(&arch, cfg.seed, &device)?;
+    if cfg.model.zero_init_residual {
+        net.zero_residual_gammas()?;
+    }
     let vars = net.vars();
     let mut sgd = Sgd::new(cfg.optimizer.clone(), &vars, net.model.params())?;
     let mut state = TrainState::default();
@@ -294,7 +333,7 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
         let x = Tensor::from_vec(batch.images, (b, shape.0, shape.1, shape.2), &device)?;
         let y = Tensor::from_vec(batch.labels, b, &device)?;
         let logits = net.model.forward_t(&x, true)?;
-        let loss_t = candle_nn::loss::cross_entropy(&logits, &y)?;
+        let loss_t = smoothed_cross_entropy(&logits, &y, cfg.label_smoothing)?;
         let loss = loss_t.to_scalar::<f32>()? as f64;
         if let Some(m) = guard.check_loss(it, point.lr, loss) {
             metrics.append(&MetricsRow::divergence(it + 1, point.lr, loss))?;
