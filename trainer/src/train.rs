@@ -159,10 +159,7 @@ pub fn smoothed_cross_entropy(
     eps: f64,
 ) -> candle_core::Result<Tensor> {
     let log_p = candle_nn::ops::log_softmax(logits, candle_core::D::Minus1)?;
-    let nll = log_p
-        .gather(&labels.unsqueeze(1)?, 1)?
-        .neg()?
-        .mean_all()?;
+    let nll = log_p.gather(&labels.unsqueeze(1)?, 1)?.neg()?.mean_all()?;
     if eps == 0.0 {
         return Ok(nll);
     }
