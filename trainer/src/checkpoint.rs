@@ -15,6 +15,7 @@ pub const CHECKPOINT: &str = "checkpoint.safetensors";
 pub const PREVIOUS: &str = "checkpoint.prev.safetensors";
 pub const STATE: &str = "state.json";
 const OPTIM_PREFIX: &str = "optim.velocity.";
+const AVERAGE_PREFIX: &str = "ema.";
 const STATE_KEY: &str = "sc.state";
 
 /// The loop's state at a checkpoint (the batch order and augmentation follow from the seed and
@@ -37,6 +38,17 @@ pub fn save(
     optimizer: Vec<(String, Tensor)>,
     state: &TrainState,
 ) -> anyhow::Result<()> {
+    save_with_average(dir, vars, optimizer, Vec::new(), state)
+}
+
+/// [`save`], with the weight average ([`crate::ema`]) when the run keeps one.
+pub fn save_with_average(
+    dir: &Path,
+    vars: &HashMap<String, Var>,
+    optimizer: Vec<(String, Tensor)>,
+    average: Vec<(String, Tensor)>,
+    state: &TrainState,
+) -> anyhow::Result<()> {
     let mut tensors: Vec<(String, Tensor)> = vars
         .iter()
         .map(|(k, v)| (k.clone(), v.as_detached_tensor()))
@@ -45,6 +57,11 @@ pub fn save(
         optimizer
             .into_iter()
             .map(|(k, t)| (format!("{OPTIM_PREFIX}{k}"), t)),
+    );
+    tensors.extend(
+        average
+            .into_iter()
+            .map(|(k, t)| (format!("{AVERAGE_PREFIX}{k}"), t)),
     );
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     let meta = HashMap::from([(STATE_KEY.to_string(), serde_json::to_string(state)?)]);
@@ -60,6 +77,8 @@ pub fn save(
 pub struct Loaded {
     pub weights: HashMap<String, Tensor>,
     pub optimizer: HashMap<String, Tensor>,
+    /// The weight average ([`crate::ema`]); empty when the run keeps none (yet).
+    pub average: HashMap<String, Tensor>,
     pub state: TrainState,
     /// The file it came from.
     pub file: String,
@@ -86,15 +105,20 @@ fn read_one(path: &Path, device: &Device) -> anyhow::Result<Loaded> {
         .map_err(|e| anyhow::anyhow!("{}: cannot read tensors: {e}", path.display()))?;
     let mut weights = HashMap::new();
     let mut optimizer = HashMap::new();
+    let mut average = HashMap::new();
     for (k, t) in all {
-        match k.strip_prefix(OPTIM_PREFIX) {
-            Some(name) => optimizer.insert(name.to_string(), t),
-            None => weights.insert(k, t),
-        };
+        if let Some(name) = k.strip_prefix(OPTIM_PREFIX) {
+            optimizer.insert(name.to_string(), t);
+        } else if let Some(name) = k.strip_prefix(AVERAGE_PREFIX) {
+            average.insert(name.to_string(), t);
+        } else {
+            weights.insert(k, t);
+        }
     }
     Ok(Loaded {
         weights,
         optimizer,
+        average,
         state,
         file: path.display().to_string(),
     })

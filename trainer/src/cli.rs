@@ -540,6 +540,17 @@ pub struct FitArgs {
     /// shortcut; "Bag of Tricks").
     #[arg(long)]
     pub zero_init_residual: bool,
+    /// Average the weights (and BatchNorm statistics): an exponential moving average with this
+    /// decay in (0, 1), e.g. 0.99; validation, --test and the export use the average [default:
+    /// no averaging].
+    #[arg(long, value_name = "DECAY")]
+    pub ema: Option<f64>,
+    /// With --ema: iterations between updates of the average.
+    #[arg(long, value_name = "N", default_value_t = 5, requires = "ema")]
+    pub ema_every: usize,
+    /// With --ema: where averaging starts, as a fraction of the run in [0, 1).
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.0, requires = "ema")]
+    pub ema_start: f64,
     #[arg(help = with_default(
         "Momentum formulation: pytorch (v = m·v + g; w -= lr·v) or caffe (v = m·v + lr·g; w -= v)",
         lower(TrainConfig::default().optimizer.style),
@@ -688,6 +699,13 @@ impl FitArgs {
         }
         if self.zero_init_residual {
             c.model.zero_init_residual = true;
+        }
+        if let Some(decay) = self.ema {
+            c.ema = Some(crate::ema::EmaConfig {
+                decay,
+                every: self.ema_every,
+                start: self.ema_start,
+            });
         }
         if let Some(b) = self.bn_momentum {
             c.model.bn_momentum = b;

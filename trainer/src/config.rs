@@ -98,6 +98,10 @@ pub struct TrainConfig {
     /// the plain cross-entropy. Left out of the serialized config when 0.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub label_smoothing: f64,
+    /// Weight averaging ([`crate::ema::EmaConfig`]): validation, the test split and the export
+    /// use the average once it exists. Left out of the serialized config when off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema: Option<crate::ema::EmaConfig>,
 }
 
 fn is_zero(x: &f64) -> bool {
@@ -124,6 +128,7 @@ impl Default for TrainConfig {
             test_eval: false,
             precision: Precision::F32,
             label_smoothing: 0.0,
+            ema: None,
         }
     }
 }
@@ -217,6 +222,9 @@ impl TrainConfig {
                 "label_smoothing must be in [0, 1), got {}",
                 self.label_smoothing
             );
+        }
+        if let Some(e) = &self.ema {
+            e.validate()?;
         }
         if self.batch_size == 0 {
             bail!("batch_size must be at least 1");

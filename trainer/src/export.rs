@@ -70,12 +70,12 @@ pub fn export_run(run_dir: &Path, out: Option<PathBuf>) -> anyhow::Result<PathBu
         )
     })?;
     let out = out.unwrap_or_else(|| run_dir.join("model.onnx"));
-    write_onnx(
-        &cfg,
-        &info,
-        &loaded.weights,
-        loaded.state.last_val_acc,
-        &out,
-    )?;
+    // A run that averages its weights ships the average (what it validated), once it exists.
+    let weights = if loaded.average.is_empty() {
+        &loaded.weights
+    } else {
+        &loaded.average
+    };
+    write_onnx(&cfg, &info, weights, loaded.state.last_val_acc, &out)?;
     Ok(out)
 }

@@ -24,6 +24,7 @@ pub mod config;
 pub mod data;
 pub mod devcheck;
 pub mod device;
+pub mod ema;
 pub mod export;
 pub mod fetch;
 pub mod io;

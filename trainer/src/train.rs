@@ -151,6 +151,24 @@ impl Net {
     }
 }
 
+/// Runs `f` with the weight average in the variables when there is one, then puts the weights
+/// back.
+fn with_average<T>(
+    average: Option<&crate::ema::Averager>,
+    vars: &HashMap<String, Var>,
+    f: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    match average.filter(|a| a.active()) {
+        None => f(),
+        Some(a) => {
+            let kept = a.swap_in(vars)?;
+            let out = f();
+            crate::ema::Averager::put(vars, &kept)?;
+            out
+        }
+    }
+}
+
 /// The training loss: mean cross-entropy against targets of `1 - eps` on the label and `eps / K`
 /// on every one of the K classes (label smoothing; `eps = 0` is the plain cross-entropy).
 pub fn smoothed_cross_entropy(
@@ -262,8 +280,9 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
     let vars = net.vars();
     let mut sgd = Sgd::new(cfg.optimizer.clone(), &vars, net.model.params())?;
     let mut state = TrainState::default();
+    let mut average = crate::ema::Averager::new(cfg.ema.as_ref(), total);
     if opts.resume {
-        state = resume_from_checkpoint(run_dir, &device, &vars, &mut sgd)?;
+        state = resume_from_checkpoint(run_dir, &device, &vars, &mut sgd, average.as_mut())?;
     }
     let mut metrics = MetricsFile::open(run_dir, opts.resume.then_some(state.iteration))?;
 
@@ -340,6 +359,9 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
         let correct = count_correct(&logits, &y)?;
         let grads = loss_t.backward()?;
         sgd.step(&grads, point.lr, point.momentum)?;
+        if let Some(a) = average.as_mut() {
+            a.step(it + 1, &vars)?;
+        }
         let inst = throughput.record(b, t0.elapsed(), it == start_iter);
         state.iteration = it + 1;
         let done = state.iteration;
@@ -354,7 +376,9 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
 
         // Validation, when due.
         if cadence.validates(done) && !val_y.is_empty() {
-            let (vl, va) = net.evaluate(&val_x, &val_y, shape, cfg.eval_batch_size)?;
+            let (vl, va) = with_average(average.as_ref(), &vars, || {
+                net.evaluate(&val_x, &val_y, shape, cfg.eval_batch_size)
+            })?;
             record_validation(&mut state, vl, va);
             metrics.append(&MetricsRow::validation(done, point.lr, vl, va))?;
             if let Some(m) = guard.check_val_loss(done, point.lr, vl) {
@@ -371,7 +395,8 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
         if cadence.checkpoints(done) || stop {
             state.elapsed_s = clock.elapsed_s();
             metrics.flush()?;
-            checkpoint::save(run_dir, &vars, sgd.state(), &state)?;
+            let avg = average.as_ref().map(|a| a.tensors()).unwrap_or_default();
+            checkpoint::save_with_average(run_dir, &vars, sgd.state(), avg, &state)?;
         }
         if stop {
             outcome = Outcome::Interrupted;
@@ -388,7 +413,10 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
     metrics.flush()?;
     state.elapsed_s = clock.elapsed_s();
 
-    // The ending: the test split, the summary, the export.
+    // The ending: the test split, the summary, the export; with the weight average, if any.
+    if let Some(a) = average.as_ref().filter(|a| a.active()) {
+        a.swap_in(&vars)?;
+    }
     let mut test_acc = None;
     if outcome == Outcome::Finished && cfg.test_eval {
         let acc = test_accuracy(&cfg, &splits.normalization, &net, shape)?;
@@ -445,11 +473,15 @@ fn resume_from_checkpoint(
     device: &Device,
     vars: &HashMap<String, Var>,
     sgd: &mut Sgd,
+    average: Option<&mut crate::ema::Averager>,
 ) -> anyhow::Result<TrainState> {
     match checkpoint::load(run_dir, device)? {
         Some(l) => {
             checkpoint::restore(vars, &l.weights, &l.file)?;
             sgd.load_state(&l.optimizer)?;
+            if let Some(a) = average {
+                a.restore(&l.average);
+            }
             Ok(l.state)
         }
         None => {

@@ -101,3 +101,78 @@ fn the_pieces_train_on_every_image_and_are_recorded_only_when_on() {
         assert!(e.contains("label_smoothing"), "{e}");
     }
 }
+
+fn averaged(dir: &std::path::Path, iterations: usize) -> TrainConfig {
+    let mut cfg = common::tiny_config(dir, iterations);
+    cfg.ema = Some(sc_trainer::ema::EmaConfig {
+        decay: 0.8,
+        every: 2,
+        start: 0.3,
+    });
+    cfg
+}
+
+fn checkpoint_tensors(
+    dir: &std::path::Path,
+) -> (
+    std::collections::HashMap<String, Vec<f32>>,
+    std::collections::HashMap<String, Vec<f32>>,
+) {
+    let l = sc_trainer::checkpoint::load(dir, &Device::Cpu)
+        .unwrap()
+        .unwrap();
+    let flat = |m: &std::collections::HashMap<String, Tensor>| {
+        m.iter()
+            .map(|(k, t)| {
+                (
+                    k.clone(),
+                    t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                )
+            })
+            .collect()
+    };
+    (flat(&l.weights), flat(&l.average))
+}
+
+#[test]
+fn weight_averaging_is_what_validates_and_ships_and_resumes_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = common::make_idx(tmp.path(), 120, 8, 3, 6);
+    let cfg = averaged(&data, 12);
+    let json = serde_json::to_string(&cfg).unwrap();
+    assert!(
+        json.contains(r#""ema":{"decay":0.8,"every":2,"start":0.3}"#),
+        "{json}"
+    );
+
+    let straight = tmp.path().join("straight");
+    fit(cfg.clone(), &straight, &quiet()).unwrap();
+    let (weights, average) = checkpoint_tensors(&straight);
+    assert_eq!(weights.len(), average.len(), "every variable is averaged");
+    assert!(
+        weights.iter().any(|(k, w)| average[k] != *w),
+        "the average differs from the last weights"
+    );
+    // The export is the average: `sc-trainer export` of the checkpoint writes fit's file again.
+    let again = tmp.path().join("again.onnx");
+    sc_trainer::export::export_run(&straight, Some(again.clone())).unwrap();
+    assert_eq!(
+        std::fs::read(&again).unwrap(),
+        std::fs::read(straight.join("model.onnx")).unwrap()
+    );
+
+    // Stopped after 5 iterations (mid-averaging) and resumed: the same weights and average.
+    let split = tmp.path().join("split");
+    let stop = FitOptions {
+        stop_after: Some(5),
+        ..quiet()
+    };
+    let s = fit(cfg.clone(), &split, &stop).unwrap();
+    assert_eq!(s.outcome, Outcome::Interrupted);
+    let resume = FitOptions {
+        resume: true,
+        ..quiet()
+    };
+    fit(cfg, &split, &resume).unwrap();
+    assert_eq!(checkpoint_tensors(&split), (weights, average));
+}
