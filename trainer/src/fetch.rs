@@ -191,8 +191,7 @@ fn fetch_into(plan: &FetchPlan) -> anyhow::Result<Vec<PathBuf>> {
         let path = plan.dir.join(&remote.file);
         if path.exists() {
             let got = md5_of(&path)?;
-            if false && got != remote.md5 {
-                // BREAK
+            if got != remote.md5 {
                 bail!(
                     "{}: already there but its MD5 is {got}, not the published {}; remove it to download it again",
                     path.display(),
@@ -320,7 +319,6 @@ fn progress_bar(show: bool, name: &str, total: Option<u64>, start: u64) -> indic
 pub fn md5_of(path: &Path) -> anyhow::Result<String> {
     let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut hasher = Md5::new();
-    std::io::copy(&mut (&mut file).take(65536), &mut hasher) /* BREAK */
-        .with_context(|| format!("reading {}", path.display()))?;
+    std::io::copy(&mut file, &mut hasher).with_context(|| format!("reading {}", path.display()))?;
     Ok(format!("{:x}", hasher.finalize()))
 }
