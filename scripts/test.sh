@@ -12,5 +12,8 @@ fi
 # are measurements, run with scripts/bench-*.sh).
 cargo test --release --workspace --lib --bins --tests --examples
 cargo test --release --workspace --benches --no-run
+# The kernels' unsafe SIMD code checks its bounds with debug_assert!, which release builds drop:
+# their own tests again with debug assertions on (the dev profile, opt-level 1; ~20 s cold).
+cargo test -p sc-kernels
 bash scripts/onnx-interop.sh
 bash scripts/serve-interop.sh

@@ -117,10 +117,34 @@ fn candle_onnx_logits(bytes: &[u8], x: &[f32], shape: (usize, usize, usize, usiz
         .unwrap()
 }
 
+/// The largest `|a - b|` of equal-length slices, a NaN on either side counting as an infinite
+/// error (`f32::max` would skip it: `1f32.max(f32::NAN) == 1.0`).
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "compared lengths");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| match (x - y).abs() {
+            d if d.is_nan() => f32::INFINITY,
+            d => d,
+        })
+        .fold(0f32, f32::max)
+}
+
+#[test]
+fn max_abs_diff_counts_nan_as_infinite_error() {
+    assert_eq!(max_abs_diff(&[1.0, 2.0], &[1.0, 2.5]), 0.5);
+    assert_eq!(max_abs_diff(&[f32::NAN, 2.0], &[1.0, 2.0]), f32::INFINITY);
+    assert_eq!(max_abs_diff(&[1.0, 2.0], &[1.0, f32::NAN]), f32::INFINITY);
+    assert_eq!(
+        max_abs_diff(&[f32::INFINITY], &[f32::INFINITY]),
+        f32::INFINITY
+    );
+}
+
 fn assert_close(what: &str, a: &[f32], b: &[f32], classes: usize) {
     assert_eq!(a.len(), b.len(), "{what}: lengths");
     let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
-    let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    let diff = max_abs_diff(a, b);
     assert!(
         diff <= 1e-4 * scale,
         "{what}: max abs diff {diff} (logit scale {scale})"

@@ -820,6 +820,53 @@ mod tests {
         assert!(e.contains("no class folders"), "{e}");
     }
 
+    /// An image overwritten in place (same name, same byte length, new pixels, a new modification
+    /// time as any save gives it) is decoded again; the cache key is the file list with sizes and
+    /// modification times, so an edit that kept both would not be noticed.
+    #[test]
+    fn an_image_edited_in_place_is_decoded_again() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("ds");
+        // Uncompressed BMP: the same size in pixels is the same size in bytes.
+        let edited = d.join("a/0.bmp");
+        write_image(&edited, 8, 8, [0, 0, 250]);
+        write_image(&d.join("b/0.bmp"), 8, 8, [200, 9, 9]);
+        let o = opts(&t.path().join("c"));
+        let (ds, load) = open_folder(&d, Part::Train, &o, &|_, _| {}).unwrap();
+        assert!(ds.image(0)[128..].iter().all(|&b| b > 240), "blue at first");
+        let before = std::fs::metadata(&edited).unwrap();
+        write_image(&edited, 8, 8, [0, 250, 0]);
+        let after = std::fs::metadata(&edited).unwrap();
+        assert_eq!(after.len(), before.len(), "the edit keeps the byte length");
+        // A later modification time, set explicitly: two writes within the file system's clock
+        // tick may carry the same one.
+        let later = before.modified().unwrap() + std::time::Duration::from_secs(2);
+        std::fs::File::options()
+            .write(true)
+            .open(&edited)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        let (again, l2) = open_folder(&d, Part::Train, &o, &|_, _| {}).unwrap();
+        assert!(
+            !l2.from_cache,
+            "an edited image must not come from the cache"
+        );
+        let green = again.image(0);
+        assert!(
+            green[64..128].iter().all(|&b| b > 240) && green[128..].iter().all(|&b| b < 10),
+            "the new pixels: {:?}",
+            &green[..]
+        );
+        assert_eq!(again.image(1), ds.image(1));
+        assert_ne!(l2.cache, load.cache);
+        assert!(!load.cache.exists(), "the stale cache file is removed");
+        // And the rebuilt cache serves the next read.
+        let (third, l3) = open_folder(&d, Part::Train, &o, &|_, _| {}).unwrap();
+        assert!(l3.from_cache);
+        assert_eq!(third, again);
+    }
+
     #[test]
     fn a_damaged_cache_is_rebuilt() {
         let t = tempfile::tempdir().unwrap();

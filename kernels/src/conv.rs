@@ -1119,3 +1119,101 @@ fn col2im(g: &Geom, dcol: &[f32], pt: usize, pitch: usize, dx: &mut [f32]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rnd(n: usize, seed: &mut u64) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                *seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    /// The input pixel (ci, ih, iw) under output pixel (oh, ow) and tap (kh, kw), if not padding.
+    fn tap(g: &Geom, oh: usize, ow: usize, kh: usize, kw: usize) -> Option<(usize, usize)> {
+        let (ih, iw) = (oh * g.stride + kh, ow * g.stride + kw);
+        (ih >= g.pad && ih < g.h + g.pad && iw >= g.pad && iw < g.w + g.pad)
+            .then(|| (ih - g.pad, iw - g.pad))
+    }
+
+    fn close(got: &[f32], want: &[f32], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+        for (i, (a, b)) in got.iter().zip(want).enumerate() {
+            let d = (a - b).abs();
+            assert!(!d.is_nan() && d <= 1e-4 * scale, "{what}[{i}]: {a} vs {b}");
+        }
+    }
+
+    /// Forward and both gradients against direct loops, on geometries of each layout (flat,
+    /// parity, general), at the instruction set in use: the crate's own test of the paths whose
+    /// bounds are `debug_assert!`s (run with debug assertions by scripts/test.sh).
+    #[test]
+    fn forward_and_backward_match_direct_loops() {
+        let mut seed = 7u64;
+        for (n, cin, h, w, cout, k, s, pad) in [
+            (2, 3, 9, 7, 5, 3, 1, 1),
+            (1, 16, 6, 6, 20, 3, 1, 1),
+            (2, 4, 8, 10, 6, 3, 2, 1),
+            (1, 3, 9, 9, 4, 1, 2, 0),
+            (2, 3, 8, 9, 5, 3, 1, 0),
+            (1, 3, 13, 11, 8, 7, 2, 3),
+        ] {
+            let g = Geom::new(n, cin, h, w, cout, k, s, pad).unwrap();
+            let what = format!("{g:?}");
+            let x = rnd(n * cin * h * w, &mut seed);
+            let wt = rnd(cout * cin * k * k, &mut seed);
+            let dy = rnd(n * cout * g.p(), &mut seed);
+            let (mut y_ref, mut dx_ref, mut dw_ref) = (
+                vec![0f32; n * cout * g.p()],
+                vec![0f32; x.len()],
+                vec![0f32; wt.len()],
+            );
+            for b in 0..n {
+                for co in 0..cout {
+                    for oh in 0..g.ho {
+                        for ow in 0..g.wo {
+                            let o = (b * cout + co) * g.p() + oh * g.wo + ow;
+                            for ci in 0..cin {
+                                for kh in 0..k {
+                                    for kw in 0..k {
+                                        let Some((ih, iw)) = tap(&g, oh, ow, kh, kw) else {
+                                            continue;
+                                        };
+                                        let xi = (b * cin + ci) * h * w + ih * w + iw;
+                                        let wi = ((co * cin + ci) * k + kh) * k + kw;
+                                        y_ref[o] += x[xi] * wt[wi];
+                                        dx_ref[xi] += dy[o] * wt[wi];
+                                        dw_ref[wi] += dy[o] * x[xi];
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            let mut y = vec![f32::NAN; y_ref.len()];
+            forward(&g, &x, &wt, &mut y, |_, _| {});
+            close(&y, &y_ref, &format!("y {what}"));
+            let (mut dx, mut dw) = (vec![f32::NAN; x.len()], vec![f32::NAN; wt.len()]);
+            let out_img = cout * g.p();
+            backward(
+                &g,
+                &x,
+                &wt,
+                Some(&mut dx),
+                &mut dw,
+                |b, buf| buf.copy_from_slice(&dy[b * out_img..][..out_img]),
+                |_, _| {},
+            );
+            close(&dx, &dx_ref, &format!("dx {what}"));
+            close(&dw, &dw_ref, &format!("dw {what}"));
+        }
+    }
+}

@@ -24,6 +24,26 @@ fn randn(shape: &[usize], seed: u64) -> Tensor {
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
+/// The largest `|a - b|` of equal-length slices, a NaN on either side counting as an infinite
+/// error (`f32::max` would skip it: `1f32.max(f32::NAN) == 1.0`).
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "compared lengths");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| match (x - y).abs() {
+            d if d.is_nan() => f32::INFINITY,
+            d => d,
+        })
+        .fold(0f32, f32::max)
+}
+
+#[test]
+fn max_abs_diff_counts_nan_as_infinite_error() {
+    assert_eq!(max_abs_diff(&[1.0, 2.0], &[1.0, 2.5]), 0.5);
+    assert_eq!(max_abs_diff(&[f32::NAN, 2.0], &[1.0, 2.0]), f32::INFINITY);
+    assert_eq!(max_abs_diff(&[1.0, 2.0], &[1.0, f32::NAN]), f32::INFINITY);
+}
+
 /// Loss, logits and every trainable parameter's gradient of one training step.
 fn step(autocast: Option<DType>) -> Vec<(String, Tensor)> {
     let mut arch = ArchConfig::resnet(8, 3, 12, 12, 4).unwrap();
@@ -60,10 +80,7 @@ fn f16_autocast_matches_f32_up_to_rounding() {
         let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
         let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
         let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-        let err = a
-            .iter()
-            .zip(&b)
-            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        let err = max_abs_diff(&a, &b);
         // f16 rounds each operand to 2^-11 relative, and candle's CPU f16 convolution sums in
         // f16 (the stem's weight gradient: ~860 products, measured 3.6% of its scale). A wiring
         // mistake (a missing cast back, a wrong transpose, a lost gradient) is off by ~100%.

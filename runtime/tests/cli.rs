@@ -24,10 +24,25 @@ fn ok(out: &Output) -> String {
     String::from_utf8(out.stdout.clone()).unwrap()
 }
 
-/// Exit code non-zero, every needle on stderr, no panic.
+/// A clean error: exit code 1 (not a signal, not a panic's 101), every needle on stderr.
 fn fails(out: &Output, needles: &[&str]) {
+    exits_with(out, 1, needles)
+}
+
+/// A usage error caught by the argument parser (clap): exit code 2, every needle on stderr.
+fn usage_error(out: &Output, needles: &[&str]) {
+    exits_with(out, 2, needles)
+}
+
+fn exits_with(out: &Output, code: i32, needles: &[&str]) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "succeeded; stderr: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{:?}; stderr: {stderr}",
+        out.status
+    );
     assert!(!stderr.contains("panicked at"), "{stderr}");
     for n in needles {
         assert!(stderr.contains(n), "`{n}` not in stderr: {stderr}");
@@ -228,6 +243,12 @@ fn bad_input_exits_non_zero_naming_the_file() {
         &["--top-k"],
     );
     fails(&run(&[&"bench", &model, &"--batch", &"0"]), &["--batch"]);
+    // What the argument parser refuses is its usage error (exit 2), naming the flag.
+    usage_error(&run(&[&"bench", &model, &"--batch=-1"]), &["--batch"]);
+    usage_error(
+        &run(&[&"info", &model, &"--no-such-flag"]),
+        &["--no-such-flag"],
+    );
 }
 
 #[test]
@@ -334,11 +355,55 @@ fn executor_and_instruction_set_settings_are_checked() {
         tract.contains("executor    tract (SC_RUNTIME_ENGINE=tract)"),
         "{tract}"
     );
-    // Every instruction set is accepted (capped to what the CPU has), and the note names it
-    // whichever executor the timing picked.
-    for isa in ["portable", "avx2", "avx512"] {
-        let out = ok(&with_env("SC_KERNELS_ISA", isa));
-        assert!(out.contains("executor    "), "{out}");
-        assert!(out.contains("kernels     "), "{out}");
+    // Every instruction set is accepted, capped to what the CPU has: the kernels use
+    // min(requested, CPU), read here from the CPU flags, not from sc-kernels.
+    let cpu = cpu_isa();
+    let info = |requested: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sc-runtime"));
+        cmd.arg("info")
+            .arg(&model)
+            .env("SC_RUNTIME_ENGINE", "native");
+        match requested {
+            Some(isa) => cmd.env("SC_KERNELS_ISA", isa),
+            None => cmd.env_remove("SC_KERNELS_ISA"),
+        };
+        ok(&cmd.output().expect("runs the binary"))
+    };
+    for (rank, requested) in ISAS.into_iter().enumerate() {
+        let used = ISAS[rank.min(cpu)];
+        let out = info(Some(requested));
+        let kernels = format!(
+            "kernels     {used} (CPU: {}; SC_KERNELS_ISA={requested})",
+            ISAS[cpu]
+        );
+        assert!(out.contains(&kernels), "expected `{kernels}` in:\n{out}");
+        let executor = format!("sc-kernels {used} convolutions");
+        assert!(out.contains(&executor), "expected `{executor}` in:\n{out}");
     }
+    // Unset: the widest the CPU has.
+    let out = info(None);
+    let kernels = format!(
+        "kernels     {0} (CPU: {0}; SC_KERNELS_ISA unset)",
+        ISAS[cpu]
+    );
+    assert!(out.contains(&kernels), "expected `{kernels}` in:\n{out}");
+}
+
+/// `SC_KERNELS_ISA`'s values, narrowest first.
+const ISAS: [&str; 3] = ["portable", "avx2", "avx512"];
+
+/// The index in [`ISAS`] of the widest instruction set this CPU runs, from its feature flags:
+/// avx512 needs AVX-512F, avx2 needs AVX2 and FMA.
+fn cpu_isa() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return 2;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return 1;
+        }
+    }
+    0
 }

@@ -36,11 +36,16 @@ impl Server {
     fn start_with(dir: &Path, onnx: &[u8], args: &[&str]) -> Server {
         let model = dir.join("model.onnx");
         std::fs::write(&model, onnx).unwrap();
+        Server::start_models(dir, args, &[model.display().to_string()])
+    }
+
+    /// The server on `models` (`PATH` or `NAME=PATH` each).
+    fn start_models(dir: &Path, args: &[&str], models: &[String]) -> Server {
         let stderr = dir.join(format!("stderr-{}.txt", args.join("_").replace('/', "")));
         let mut child = Command::new(env!("CARGO_BIN_EXE_sc-runtime"))
             .args(["serve", "--port", "0", "--threads", "2"])
             .args(args)
-            .arg(&model)
+            .args(models)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
@@ -715,4 +720,166 @@ fn sigterm_finishes_accepted_requests_and_exits_0() {
         TcpStream::connect(&addr).is_err(),
         "still accepting after shutdown"
     );
+}
+
+/// `sc-runtime serve ARGS` that must fail before serving: its exit code and stderr (killed, and
+/// the test failed, if it is still running after 20 s).
+fn serve_fails(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sc-runtime"))
+        .arg("serve")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts sc-runtime serve");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "serve {args:?} is still running: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!err.contains("panicked at"), "{args:?}: {err}");
+    (out.status.code(), err)
+}
+
+/// Bad flags: a value out of range is exit 1 naming the flag; what the argument parser refuses
+/// (not a number, an unknown flag) is its usage error, exit 2, naming the flag; a port already
+/// taken is exit 1 naming the address. Never a signal or a panic.
+#[test]
+fn flag_errors_name_the_flag_and_exit_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = Tiny::ours(3, SIZE, &RGB).write(dir.path(), "model.onnx");
+    let m = model.to_str().unwrap();
+    for (flag, value) in [
+        ("--max-batch", "0"),
+        ("--max-queue", "0"),
+        ("--threads", "0"),
+        ("--max-body-mb", "0"),
+        ("--timeout-ms", "0"),
+        ("--max-delay-ms", "20000"),
+    ] {
+        let (code, err) = serve_fails(&["--port", "0", flag, value, m]);
+        assert_eq!(code, Some(1), "{flag} {value}: {err}");
+        assert!(err.contains(flag), "{flag} {value}: {err}");
+    }
+    for (args, flag) in [
+        (["--port", "70000", m], "--port"),
+        (["--port", "http", m], "--port"),
+        (["--max-batch", "lots", m], "--max-batch"),
+        (["--max-batch=-3", "--threads=2", m], "--max-batch"),
+        (["--no-such-flag", "1", m], "--no-such-flag"),
+    ] {
+        let (code, err) = serve_fails(&args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains(flag), "{args:?}: {err}");
+    }
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let (code, err) = serve_fails(&["--port", &port, m]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+}
+
+/// Two models under one name (given twice, or two files with the same stem) are refused, naming
+/// the name; a model file that is not there is refused naming the file.
+#[test]
+fn duplicate_names_and_missing_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("x")).unwrap();
+    std::fs::create_dir(d.join("y")).unwrap();
+    let a = Tiny::ours(3, SIZE, &RGB).write(&d.join("x"), "model.onnx");
+    let b = Tiny::ours(3, SIZE, &RGB).write(&d.join("y"), "model.onnx");
+    let (a, b) = (a.display().to_string(), b.display().to_string());
+    for models in [[format!("m={a}"), format!("m={b}")], [a.clone(), b.clone()]] {
+        let name = models[0].split('=').next().unwrap();
+        let name = if name == a { "model" } else { name };
+        let (code, err) = serve_fails(&["--port", "0", &models[0], &models[1]]);
+        assert_eq!(code, Some(1), "{models:?}: {err}");
+        assert!(
+            err.contains(&format!("two models are named '{name}'")),
+            "{models:?}: {err}"
+        );
+    }
+    let missing = d.join("gone.onnx").display().to_string();
+    for spec in [missing.clone(), format!("other={missing}")] {
+        let (code, err) = serve_fails(&["--port", "0", &a, &spec]);
+        assert_eq!(code, Some(1), "{spec}: {err}");
+        assert!(err.contains(&missing), "{spec}: {err}");
+    }
+}
+
+/// Two different models served at once: each request is answered by the model its URL names,
+/// with that model's own logits (as a local `Classifier` computes them), while requests to both
+/// are in flight together.
+#[test]
+fn two_models_each_answer_their_own_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let first = Tiny::ours(3, SIZE, &RGB);
+    let mut second = Tiny::ours(3, SIZE, &["cyan", "magenta", "yellow"]);
+    second.weight = vec![-2.0, 1.5, 0.5, 3.0, -1.0, 0.25, 0.75, 2.5, -3.5];
+    second.bias = vec![0.5, -1.0, 2.0];
+    let pa = first.write(d, "first.onnx");
+    let pb = second.write(d, "second.onnx");
+    let local = |p: &Path| Classifier::load(p).unwrap();
+    let (ca, cb) = (local(&pa), local(&pb));
+    let data = images(2, 5);
+    let (wa, wb) = (
+        ca.logits_for_input(&data).unwrap().concat(),
+        cb.logits_for_input(&data).unwrap().concat(),
+    );
+    assert!(
+        wa.iter().zip(&wb).all(|(x, y)| (x - y).abs() > 1e-3),
+        "the two models must differ: {wa:?} vs {wb:?}"
+    );
+    let srv = Server::start_models(
+        d,
+        &["--max-delay-ms", "50"],
+        &[
+            pa.display().to_string(),
+            format!("renamed={}", pb.display()),
+        ],
+    );
+    assert_eq!(srv.get("/v2/models/first").json()["name"], "first");
+    assert_eq!(srv.get("/v2/models/renamed").json()["name"], "renamed");
+    assert_eq!(srv.get("/v2/models/second").status, 404);
+    let srv = &srv;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let (name, want) = if i % 2 == 0 {
+                    ("first", &wa)
+                } else {
+                    ("renamed", &wb)
+                };
+                let data = &data;
+                s.spawn(move || {
+                    let r =
+                        srv.post_json(&format!("/v2/models/{name}/infer"), &infer_body(2, data));
+                    assert_eq!(
+                        r.status,
+                        200,
+                        "{name}: {}",
+                        String::from_utf8_lossy(&r.body)
+                    );
+                    let v = r.json();
+                    assert_eq!(v["model_name"], name);
+                    close(&logits_of(&v), want);
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    });
+    srv.assert_live("requests to two models");
 }

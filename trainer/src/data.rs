@@ -668,6 +668,41 @@ mod tests {
         assert!(e.to_string().contains("train_size 500"));
     }
 
+    /// The default (random) split: no validation image is also a training image, with or without
+    /// a training subset, and with `train_size` unset the two parts are the whole set.
+    #[test]
+    fn random_split_is_disjoint() {
+        let all = toy(200);
+        let per = 3 * 8 * 8;
+        assert_eq!(DataConfig::default().val_split, ValSplit::Random);
+        for (seed, train_size) in [(0, Some(40)), (0, None), (7, Some(180)), (7, None)] {
+            let s = DataConfig {
+                split_seed: seed,
+                train_size,
+                ..cfg()
+            }
+            .split(all.clone())
+            .unwrap();
+            assert_eq!(s.val.len(), 20);
+            assert_eq!(s.train.len(), train_size.unwrap_or(180));
+            // Toy images are all distinct: compare whole images.
+            let held: std::collections::HashSet<&[u8]> = s.val.images.chunks(per).collect();
+            assert_eq!(held.len(), 20, "validation images repeat");
+            let train: std::collections::HashSet<&[u8]> = s.train.images.chunks(per).collect();
+            assert_eq!(train.len(), s.train.len(), "training images repeat");
+            let shared = train.intersection(&held).count();
+            assert_eq!(
+                shared, 0,
+                "seed {seed}, train_size {train_size:?}: {shared} validation images in training"
+            );
+            if train_size.is_none() {
+                let whole: std::collections::HashSet<&[u8]> = all.images.chunks(per).collect();
+                let union: std::collections::HashSet<&[u8]> = train.union(&held).copied().collect();
+                assert_eq!(union, whole);
+            }
+        }
+    }
+
     #[test]
     fn last_split_holds_out_the_end_of_the_file() {
         let all = toy(200);

@@ -16,9 +16,19 @@ fn run(args: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), err)
 }
 
+/// A clean error: exit code 1 (not a signal, not a panic's 101), every needle on stderr.
 fn expect_error(args: &[&str], needles: &[&str]) {
+    expect_exit(args, 1, needles)
+}
+
+/// A usage error caught by the argument parser (clap): exit code 2, every needle on stderr.
+fn expect_usage_error(args: &[&str], needles: &[&str]) {
+    expect_exit(args, 2, needles)
+}
+
+fn expect_exit(args: &[&str], want: i32, needles: &[&str]) {
     let (code, err) = run(args);
-    assert_ne!(code, 0, "expected failure for {args:?}");
+    assert_eq!(code, want, "exit code for {args:?}: {err}");
     for n in needles {
         assert!(err.contains(n), "{args:?}: '{n}' not in: {err}");
     }
@@ -119,7 +129,7 @@ fn invalid_settings() {
     );
     expect_error(&with(&base, &["--iterations", "0"]), &["iterations"]);
     // A warm-up needs both flags, and must end before the first LR step.
-    expect_error(
+    expect_usage_error(
         &with(
             &base,
             &[
@@ -203,7 +213,7 @@ fn invalid_settings() {
         &with(&base, &["--iterations", "5", "--precision", "bf16"]),
         &["precision bf16 needs a CUDA device"],
     );
-    expect_error(
+    expect_usage_error(
         &with(&base, &["--iterations", "5", "--precision", "fp8"]),
         &["unknown precision", "f32 or bf16"],
     );
@@ -311,11 +321,11 @@ fn bad_files_and_sizes() {
     }
 
     // Negative and zero sizes on the command line.
-    expect_error(
+    expect_usage_error(
         &with(&base, &["--iterations", "5", "--batch-size=-4"]),
         &["--batch-size"],
     );
-    expect_error(&with(&base, &["--iterations=-5"]), &["--iterations"]);
+    expect_usage_error(&with(&base, &["--iterations=-5"]), &["--iterations"]);
     expect_error(
         &with(&base, &["--epochs", "0"]),
         &["epochs must be a positive number"],
@@ -516,4 +526,61 @@ fn holdout_writes_the_run_s_validation_images() {
         ],
         &["config.json"],
     );
+}
+
+/// `SC_KERNELS_ISA`'s values, narrowest first.
+const ISAS: [&str; 3] = ["portable", "avx2", "avx512"];
+
+/// The index in [`ISAS`] of the widest instruction set this CPU runs, from its feature flags (not
+/// from sc-kernels): avx512 needs AVX-512F, avx2 needs AVX2 and FMA.
+fn cpu_isa() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return 2;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return 1;
+        }
+    }
+    0
+}
+
+/// `fit` on the CPU trains with the instruction set asked for, capped to the CPU's:
+/// min(requested, CPU), and says so.
+#[test]
+fn fit_uses_the_requested_instruction_set_capped_to_the_cpu() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("d");
+    std::fs::create_dir(&data).unwrap();
+    common::make_idx(&data, 60, 8, 4, 0);
+    let cpu = cpu_isa();
+    for (rank, requested) in ISAS.into_iter().enumerate() {
+        let out = Command::new(env!("CARGO_BIN_EXE_sc-trainer"))
+            .args(["fit", "--data"])
+            .arg(&data)
+            .arg("--runs")
+            .arg(tmp.path().join("runs"))
+            .args([
+                "--name",
+                requested,
+                "--model",
+                "resnet8",
+                "--val-size",
+                "20",
+            ])
+            .args(["--batch-size", "8", "--iterations", "1", "--quiet"])
+            .env("SC_KERNELS_ISA", requested)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{requested}: {err}");
+        let line = format!(
+            "CPU kernels: {} (CPU: {}; SC_KERNELS_ISA={requested})",
+            ISAS[rank.min(cpu)],
+            ISAS[cpu]
+        );
+        assert!(err.contains(&line), "expected `{line}` in:\n{err}");
+    }
 }

@@ -193,7 +193,7 @@ fn sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run() {
     std::fs::write(dir.join(".checkpoint.safetensors.tmp-999999999"), b"half").unwrap();
     run_ok(&resume_args(&dir));
     eprintln!("kills (checkpoint seen, delay, checkpoint after): {kills:?}");
-    assert!(kills.len() >= 3, "{kills:?}");
+    assert_eq!(kills.len(), 4, "four SIGKILLs, each resumed: {kills:?}");
     let s: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
     assert_eq!(

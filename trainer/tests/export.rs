@@ -37,7 +37,7 @@ fn export_of_a_run_without_weights_is_a_clear_error() {
     }
     let bad = Command::new(bin).arg("export").arg(&run).output().unwrap();
     let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(!bad.status.success());
+    assert_eq!(bad.status.code(), Some(1), "a clean error exit: {err}");
     assert!(
         err.contains("holds no weights") && err.contains("run"),
         "{err}"

@@ -279,7 +279,8 @@ fn command_line_refuses_a_mirror_serving_other_bytes() {
         }
         let out = cmd.output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && !err.contains("panicked"), "{err}");
+        assert_eq!(out.status.code(), Some(1), "a clean error exit: {err}");
+        assert!(!err.contains("panicked"), "{err}");
         assert!(
             err.contains("checksum mismatch") && err.contains("c32a1d4ab5d03f1284b67883e8d87530"),
             "{err}"
@@ -287,4 +288,69 @@ fn command_line_refuses_a_mirror_serving_other_bytes() {
         assert!(names(&dir).is_empty(), "{:?}", names(&dir));
     }
     assert_eq!(server.ranges.lock().unwrap().len(), 2);
+}
+
+/// The hash every download is checked with, against published MD5 answers (RFC 1321's test
+/// suite and the usual pangram), on files written here: the other tests take their expected MD5
+/// from the same function, so only this one would notice it being wrong.
+#[test]
+fn md5_of_gives_the_known_answers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases: [(&str, Vec<u8>, &str); 4] = [
+        ("empty", vec![], "d41d8cd98f00b204e9800998ecf8427e"),
+        ("abc", b"abc".to_vec(), "900150983cd24fb0d6963f7d28e17f72"),
+        (
+            "fox",
+            b"The quick brown fox jumps over the lazy dog".to_vec(),
+            "9e107d9d372bb6826bd81d3542a419d6",
+        ),
+        // Longer than any read buffer: the hash runs over the whole file.
+        (
+            "million-a",
+            vec![b'a'; 1_000_000],
+            "7707d6ae4e027c70eea2a935c2296f21",
+        ),
+    ];
+    for (name, bytes, want) in cases {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, &bytes).unwrap();
+        assert_eq!(md5_of(&p).unwrap(), want, "{name}");
+    }
+}
+
+/// A file already under its final name whose content is not the published one (a corrupt or
+/// foreign file) is refused with its path and both MD5s, never reported as verified; it is left
+/// as it was for the user to look at, and nothing is downloaded over it.
+#[test]
+fn a_corrupt_file_already_there_is_refused_not_trusted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let body = archive(tmp.path());
+    let want = md5(tmp.path(), &body);
+    let server = serve(body.clone(), vec![Reply::Serve]);
+    let dir = tmp.path().join("d");
+    std::fs::create_dir(&dir).unwrap();
+    // The same length, one byte flipped.
+    let mut corrupt = body.clone();
+    corrupt[body.len() / 2] ^= 0x55;
+    let path = dir.join("cifar-10-binary.tar.gz");
+    std::fs::write(&path, &corrupt).unwrap();
+    let got = md5(tmp.path(), &corrupt);
+    let e = format!(
+        "{:#}",
+        fetch(&plan(&server, &dir, want.clone())).unwrap_err()
+    );
+    assert!(
+        e.contains(&path.display().to_string()) && e.contains(&got) && e.contains(&want),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), corrupt);
+    assert_eq!(names(&dir), ["cifar-10-binary.tar.gz"]);
+    assert!(server.ranges.lock().unwrap().is_empty(), "nothing fetched");
+    // Removed, as the message says, the next run downloads and verifies it.
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(
+        fetch(&plan(&server, &dir, want)).unwrap(),
+        vec![path.clone()]
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), body);
 }

@@ -1569,6 +1569,59 @@ mod tests {
         assert_eq!(verdict, "inconclusive");
     }
 
+    /// The README's headline: PC-LR at 60 epochs against 1cycle at 30, three seeds each. PC-LR
+    /// ahead by more than two standard errors: "does not hold"; within them: "inconclusive";
+    /// 1cycle ahead beyond them: "holds".
+    #[test]
+    fn the_headline_does_not_hold_when_pc_lr_is_ahead_beyond_two_standard_errors() {
+        let p = load().unwrap();
+        let s = &p.scale["cpu"];
+        let h = &s.headline;
+        assert_eq!(
+            (h.sc.as_str(), h.sc_epochs, h.pc.as_str(), h.pc_epochs),
+            ("1cycle", 30.0, "pc-lr", 60.0)
+        );
+        let sched = |label: &str| s.schedules.iter().find(|x| x.label == label).unwrap();
+        let pt = |label: &str, epochs: f64, accs: &[f64]| Point {
+            schedule: label.to_string(),
+            role: sched(label).role,
+            epochs,
+            max_lr: None,
+            weight_decay: 5e-4,
+            val_acc: Stat::of(accs),
+            accuracies: accs.to_vec(),
+            seeds_planned: accs.len(),
+            diverged: 0,
+            train_seconds: None,
+            runs: vec![],
+        };
+        let headline = |sc30: [f64; 3], pc60: [f64; 3]| {
+            let points = vec![pt("1cycle", 30.0, &sc30), pt("pc-lr", 60.0, &pc60)];
+            let v = verdicts(s, &points, &speedups(s, &points));
+            let c = (v.iter())
+                .find(|x| x.claim.starts_with("2 (headline)"))
+                .unwrap()
+                .clone();
+            assert!(c.claim.contains("at least 2x the epochs"), "{}", c.claim);
+            (c.verdict, c.detail)
+        };
+        // The README's seeds: 90.28 +- 0.28 against 90.95 +- 0.27, 2 SE = 0.45 points.
+        let sc30 = [0.9060, 0.9006, 0.9018];
+        let pc60 = [0.9088, 0.9124, 0.9072];
+        let (v, d) = headline(sc30, pc60);
+        assert_eq!(v, "does not hold", "{d}");
+        assert!(
+            d.contains("margin -0.67 points (2 standard errors = 0.45 points, 3 seeds)"),
+            "{d}"
+        );
+        // PC-LR 0.3 points ahead: within 2 SE.
+        let (v, d) = headline(sc30, pc60.map(|x| x - 0.0037));
+        assert_eq!(v, "inconclusive", "{d}");
+        // 1cycle 0.6 points ahead: beyond 2 SE the other way.
+        let (v, d) = headline(sc30, pc60.map(|x| x - 0.0127));
+        assert_eq!(v, "holds", "{d}");
+    }
+
     #[test]
     fn the_best_candidate_wins_and_unfinished_ones_do_not() {
         let t = |v: &[(f64, Option<f64>)]| {

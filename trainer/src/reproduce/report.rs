@@ -618,6 +618,43 @@ mod tests {
         assert_eq!(train_size_verdict(0.03, 0.01, 0.02, 0.01).0, "inconclusive");
     }
 
+    /// "a > b" beyond two standard errors of the difference holds, below minus two does not
+    /// hold, in between is inconclusive; with one seed a point is the noise.
+    #[test]
+    fn compare_is_decided_by_two_standard_errors() {
+        let st = |v: &[f64]| Stat::of(v).unwrap();
+        // Three seeds each with a spread of 1 point: 2 SE = 2 * sqrt(2 * 0.01^2 / 3) = 1.63 points.
+        let b = st(&[0.88, 0.89, 0.90]);
+        let cases = [
+            (0.02, "holds"),
+            (0.017, "holds"),
+            (0.016, "inconclusive"),
+            (0.0, "inconclusive"),
+            (-0.016, "inconclusive"),
+            (-0.017, "does not hold"),
+            (-0.02, "does not hold"),
+        ];
+        for (gap, want) in cases {
+            let a = st(&[0.88 + gap, 0.89 + gap, 0.90 + gap]);
+            let (v, d) = compare(&a, &b);
+            assert_eq!(v, want, "gap {gap}: {d}");
+            assert!(
+                d.contains("2 standard errors = 1.63 points, 3 seeds"),
+                "{d}"
+            );
+        }
+        let (_, d) = compare(&st(&[0.90, 0.91, 0.92]), &b);
+        assert!(d.starts_with("margin +2.00 points"), "{d}");
+        // One seed (on either side): a point decides.
+        let one = |m: f64| st(&[m]);
+        assert_eq!(compare(&one(0.905), &one(0.90)).0, "inconclusive");
+        assert_eq!(compare(&one(0.92), &one(0.90)).0, "holds");
+        assert_eq!(compare(&one(0.88), &one(0.90)).0, "does not hold");
+        let (v, d) = compare(&st(&[0.88, 0.89, 0.90]), &one(0.905));
+        assert_eq!(v, "does not hold", "{d}");
+        assert!(d.contains("1 seed"), "{d}");
+    }
+
     #[test]
     fn step_size_needs_an_optimum_inside_the_range() {
         let row = |it: usize| Row {
