@@ -218,6 +218,8 @@ pub struct ReproduceArgs {
     /// after every run.
     #[arg(long, value_name = "DIR")]
     pub zoo: Option<PathBuf>,
+    #[command(flatten)]
+    pub cluster: crate::reproduce::shard::ClusterArgs,
 }
 
 impl ReproduceArgs {

@@ -48,13 +48,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli, coll: Arc<dyn Collective>) -> anyhow::Result<()> {
+    if coll.size() > 1 && !matches!(cli.command, Command::Fit(_)) {
+        anyhow::bail!(
+            "only `fit` trains across MPI ranks; run other commands as one process (grids of \
+             runs spread over a cluster with `reproduce --shard I/N`, see docs/CLUSTER.md)"
+        );
+    }
     match cli.command {
         Command::Fit(args) => {
             let opts = FitOptions {
                 resume: args.resume.is_some(),
                 progress: !args.quiet,
                 stop_after: args.stop_after,
+                collective: coll.clone(),
                 ..FitOptions::default()
             };
             let (cfg, dir) = match &args.resume {
@@ -97,8 +104,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Reproduce(args) => {
+            let share = args.cluster.share()?;
             for plan in args.plans()? {
-                if let Some(report) = sc_trainer::reproduce::reproduce(&plan)? {
+                if let Some(report) = sc_trainer::reproduce::reproduce_share(&plan, &share)? {
                     println!(
                         "{} ({} scale): {}",
                         report.title,
