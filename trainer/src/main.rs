@@ -36,6 +36,13 @@ fn main() -> ExitCode {
     };
     match run(cli, coll.clone()) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if coll.size() > 1 && sc_trainer::parallel::is_all_ranks(&e) => {
+            // Every rank ends with this error: rank 0 says it, and the job ends normally.
+            if coll.rank() == 0 {
+                eprintln!("error: {e:#}");
+            }
+            ExitCode::FAILURE
+        }
         Err(e) if coll.size() > 1 => {
             // The other ranks may be waiting in a collective: end the whole job now.
             eprintln!("error: rank {} of {}: {e:#}", coll.rank(), coll.size());

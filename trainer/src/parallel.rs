@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use candle_core::{backprop::GradStore, DType, Device, ModuleT, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +31,31 @@ pub struct ParallelRecord {
     pub batchnorm: String,
 }
 
+/// An error every rank of the job raises alike (decided from reduced or shared values): the job
+/// can end normally, rank 0 reporting it, instead of aborting. Any other error on one rank aborts
+/// the job, since the others may be waiting for it in a collective.
+#[derive(Debug, Clone)]
+pub struct AllRanks(pub String);
+
+impl std::fmt::Display for AllRanks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for AllRanks {}
+
+/// Whether `e` is an [`AllRanks`] error (anywhere in its chain).
+pub fn is_all_ranks(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<AllRanks>())
+}
+
+macro_rules! bail_all {
+    ($($arg:tt)*) => {
+        return Err(AllRanks(format!($($arg)*)).into())
+    };
+}
+
 /// The sentence the log and `config.json` give for BatchNorm in a data-parallel run.
 pub fn batchnorm_note(per_slice: usize) -> String {
     format!(
@@ -42,14 +67,14 @@ pub fn batchnorm_note(per_slice: usize) -> String {
 /// Refuses a global batch that does not split into `world` ranks of `ghost` equal slices.
 pub fn check_split(batch_size: usize, world: usize, ghost: usize) -> anyhow::Result<()> {
     if !batch_size.is_multiple_of(world) {
-        bail!(
+        bail_all!(
             "batch_size {batch_size} does not divide among {world} ranks: use a multiple of \
              {world} (--batch-size is the global batch; each rank takes batch_size / {world} \
              images)"
         );
     }
     if ghost == 0 || !(batch_size / world).is_multiple_of(ghost) {
-        bail!(
+        bail_all!(
             "batch_size {batch_size} over {world} rank(s) gives {} images per rank, which do not \
              divide into {ghost} ghost batches",
             batch_size / world
@@ -86,7 +111,7 @@ pub fn check_resume_world(
             run_dir.display()
         )
     };
-    bail!(
+    bail_all!(
         "{}: this run was saved by {how}, and this is {world} process(es); resuming under \
          another number would change its BatchNorm batches. Resume it with `{cmd}`",
         run_dir.display()
@@ -118,6 +143,9 @@ pub struct DataParallel {
     /// BatchNorm running means and variances, by name order.
     running: Vec<Var>,
     buf: Vec<f32>,
+    /// Time in the steps' reductions (packing, the allreduce, unpacking) and their number.
+    comm: std::time::Duration,
+    reduced: usize,
 }
 
 impl DataParallel {
@@ -147,6 +175,8 @@ impl DataParallel {
             trained,
             running,
             buf: Vec::new(),
+            comm: std::time::Duration::ZERO,
+            reduced: 0,
         })
     }
 
@@ -247,6 +277,7 @@ impl DataParallel {
                 stop,
             });
         }
+        let t0 = std::time::Instant::now();
         self.buf.clear();
         let mut sizes = Vec::with_capacity(self.trained.len());
         for v in &self.trained {
@@ -294,11 +325,31 @@ impl DataParallel {
         debug_assert_eq!(off, stats_len);
         let t = &self.buf[stats_len..];
         let total = t[2].round() as usize;
+        self.comm += t0.elapsed();
+        self.reduced += 1;
         Ok(StepTotals {
             loss: t[0] as f64 / total.max(1) as f64,
             correct: t[1].round() as usize,
             images: total,
             stop: t[3] > 0.0,
+        })
+    }
+
+    /// The steps' reductions in this session: floats per allreduce, mean milliseconds per step,
+    /// and their share of `session_s` seconds (`None` in a single process).
+    pub fn comm_report(&self, session_s: f64) -> Option<String> {
+        (self.reduced > 0).then(|| {
+            let s = self.comm.as_secs_f64();
+            format!(
+                "allreduce of {} floats ({:.2} MB) per step: {:.2} ms mean over {} steps, {:.1} % \
+                 of this session's {:.1} s (packing and unpacking included)",
+                self.buf.len(),
+                self.buf.len() as f64 * 4.0 / 1e6,
+                s * 1e3 / self.reduced as f64,
+                self.reduced,
+                100.0 * s / session_s.max(1e-9),
+                session_s
+            )
         })
     }
 
@@ -329,12 +380,11 @@ impl DataParallel {
             .map(|(r, _)| r.to_string())
             .collect();
         if !drifted.is_empty() {
-            bail!(
+            bail_all!(
                 "ranks drifted apart at iteration {done}: rank(s) {} no longer hold rank 0's \
-                 weights (checksum {root:016x} on rank 0, {mine:016x} on rank {}); the last \
-                 checkpoint before iteration {done} is kept",
-                drifted.join(", "),
-                self.coll.rank()
+                 weights, running statistics and momentum (rank 0's checksum {root:016x}); the \
+                 last checkpoint before iteration {done} is kept",
+                drifted.join(", ")
             );
         }
         Ok(())

@@ -19,7 +19,7 @@ use crate::config::TrainConfig;
 use crate::data::{normalize_all, BatchMaker, Loader};
 use crate::io::{write_atomic, write_json};
 use crate::optim::Sgd;
-use crate::parallel::{DataParallel, ParallelRecord};
+use crate::parallel::{AllRanks, DataParallel, ParallelRecord};
 use crate::run_dir::{self, append_metrics, read_run_info, MetricsRow, Outcome, RunInfo, Summary};
 
 /// Loop options that differ between commands.
@@ -434,8 +434,9 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
         if stop {
             outcome = Outcome::Interrupted;
             message = Some(format!(
-                "{} after iteration {done}; a checkpoint was written: resume with `sc-trainer fit --resume {}`",
+                "{} after iteration {done}; a checkpoint was written: resume with `{}sc-trainer fit --resume {}`",
                 if signalled { "interrupted" } else { "stopped" },
+                if world > 1 { format!("mpirun -np {world} ") } else { String::new() },
                 run_dir.display()
             ));
             break;
@@ -443,6 +444,11 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
     }
     drop(loader);
     log.finish();
+    if let Some(r) = par.comm_report(clock.session_start.elapsed().as_secs_f64()) {
+        if writer {
+            eprintln!("{r}");
+        }
+    }
     if world > 1 {
         // Each rank's own fingerprint of its state (the loop compared them at each checkpoint).
         eprintln!(
@@ -482,11 +488,12 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
         let out = run_dir.join("model.onnx");
         crate::export::write_onnx(&cfg, &info, &net.tensors(), state.last_val_acc, &out)?;
     }
+    // Both endings are decided from reduced values, so every rank ends with the same error.
     if outcome == Outcome::Diverged && !opts.divergence_is_end {
-        bail!(message.unwrap_or_default());
+        return Err(AllRanks(message.unwrap_or_default()).into());
     }
     if outcome == Outcome::Interrupted && signalled {
-        bail!(message.unwrap_or_default());
+        return Err(AllRanks(message.unwrap_or_default()).into());
     }
     if let Some(m) = &message {
         eprintln!("{m}");
