@@ -158,7 +158,9 @@ pub fn reproduce_share(
         return Ok(None);
     }
     crate::io::ensure_writable_dir(&plan.out)?;
-    let Some(runs) = shard::train_share(&runs, share, |r| do_run(r, plan.progress))? else {
+    let Some((runs, _report_lock)) =
+        shard::train_share(&runs, share, &plan.out, |r| do_run(r, plan.progress))?
+    else {
         return Ok(None);
     };
     let report = build_report(&preset, &plan.scale, &scale.budget, &runs, &plan.out)?;

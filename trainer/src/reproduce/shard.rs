@@ -179,13 +179,16 @@ fn finished(r: &PlannedRun) -> bool {
 }
 
 /// Trains this worker's share of `runs` with `train`, each run claimed first (a run another live
-/// worker holds is skipped), and returns the runs the report covers: the whole grid once every
-/// run is finished, the finished ones for `--report`, or `None` (no report yet, saying why).
+/// worker holds is skipped), and returns the runs the report covers — the whole grid once every
+/// run is finished, the finished ones for `--report`, or `None` (no report yet, saying why) —
+/// with a lock on the report directory `out`, held while the caller writes the report (two
+/// workers finishing together would otherwise write its plots at once).
 pub fn train_share(
     runs: &[PlannedRun],
     share: &Share,
+    out: &Path,
     mut train: impl FnMut(&PlannedRun) -> anyhow::Result<()>,
-) -> anyhow::Result<Option<Vec<PlannedRun>>> {
+) -> anyhow::Result<Option<(Vec<PlannedRun>, File)>> {
     eprintln!("this worker: {}", share.describe(runs.len()));
     for r in share.select(runs) {
         if finished(r) {
@@ -203,7 +206,7 @@ pub fn train_share(
     }
     let (done, todo): (Vec<&PlannedRun>, Vec<&PlannedRun>) = runs.iter().partition(|r| finished(r));
     if todo.is_empty() {
-        return Ok(Some(runs.to_vec()));
+        return Ok(Some((runs.to_vec(), report_lock(out)?)));
     }
     let list = todo
         .iter()
@@ -219,7 +222,10 @@ pub fn train_share(
             done.len(),
             runs.len()
         );
-        return Ok(Some(done.into_iter().cloned().collect()));
+        return Ok(Some((
+            done.into_iter().cloned().collect(),
+            report_lock(out)?,
+        )));
     }
     eprintln!(
         "{} of {} runs are not finished yet (other shards or workers): {list}. The report is \
@@ -229,6 +235,20 @@ pub fn train_share(
         runs.len()
     );
     Ok(None)
+}
+
+/// Waits for, and holds, the lock of a report directory (`OUT/.report.lock`).
+fn report_lock(out: &Path) -> anyhow::Result<File> {
+    let path = out.join(".report.lock");
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    file.lock()
+        .with_context(|| format!("cannot lock {}", path.display()))?;
+    Ok(file)
 }
 
 /// The lock file of a run directory.
