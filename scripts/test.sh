@@ -16,8 +16,9 @@ fi
 # are measurements, run with scripts/bench-*.sh).
 cargo test --release --workspace --lib --bins --tests --examples
 cargo test --release --workspace --benches --no-run
-# Data-parallel fit under `mpirun -np 2` (CI runs as root, which Open MPI must be told is fine).
-OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
-  cargo test --release -p sc-trainer --features mpi --test mpi
 bash scripts/onnx-interop.sh
 bash scripts/serve-interop.sh
+# Data-parallel fit under `mpirun -np 2` (CI runs as root, which Open MPI must be told is fine). Last: it
+# rebuilds target/release/sc-trainer with the feature, and the checks above use the default build.
+OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
+  cargo test --release -p sc-trainer --features mpi --test mpi
