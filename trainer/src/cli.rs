@@ -229,6 +229,8 @@ pub struct ReproduceArgs {
     /// of the same names are replaced).
     #[arg(long, requires = "zoo")]
     pub force: bool,
+    #[command(flatten)]
+    pub cluster: crate::reproduce::shard::ClusterArgs,
 }
 
 impl ReproduceArgs {
@@ -587,6 +589,10 @@ pub struct FitArgs {
     /// Checkpoint and stop once N iterations are done (resume later with --resume).
     #[arg(long, value_name = "N")]
     pub stop_after: Option<usize>,
+    /// BatchNorm over N equal slices of each batch separately (ghost batches): in one process,
+    /// the exact reference for `mpirun -np N` [default: 1].
+    #[arg(long, value_name = "N")]
+    pub ghost_batches: Option<usize>,
 }
 
 /// A flag's help with its default, read from the one `Default` of the config (so the help and the
@@ -730,6 +736,9 @@ impl FitArgs {
         }
         if self.test {
             c.test_eval = true;
+        }
+        if let Some(g) = self.ghost_batches {
+            c.ghost_batches = g;
         }
         if let Some(p) = &self.config {
             c.validate().with_context(|| {

@@ -102,10 +102,28 @@ pub struct TrainConfig {
     /// use the average once it exists. Left out of the serialized config when off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ema: Option<crate::ema::EmaConfig>,
+    /// Ghost batches: BatchNorm normalizes each of this many equal slices of a batch separately
+    /// (running statistics: the slices' mean), as `mpirun -np N` does with one slice per rank.
+    /// `N` in a single process is that run's exact reference. Left out of the serialized config
+    /// when 1.
+    #[serde(
+        default = "train_defaults::ghost_batches",
+        skip_serializing_if = "is_one"
+    )]
+    pub ghost_batches: usize,
+    /// Data parallelism, recorded by `fit` for a run of more than one process (never read from
+    /// a config file a new run starts from: it is a fact of the run). Absent in single-process
+    /// runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel: Option<crate::parallel::ParallelRecord>,
 }
 
 fn is_zero(x: &f64) -> bool {
     *x == 0.0
+}
+
+fn is_one(v: &usize) -> bool {
+    *v == 1
 }
 
 impl Default for TrainConfig {
@@ -129,6 +147,8 @@ impl Default for TrainConfig {
             precision: Precision::F32,
             label_smoothing: 0.0,
             ema: None,
+            ghost_batches: 1,
+            parallel: None,
         }
     }
 }
@@ -142,6 +162,7 @@ field_defaults!(train_defaults for TrainConfig {
     device: String,
     test_eval: bool,
     precision: Precision,
+    ghost_batches: usize,
 });
 
 /// The arithmetic of convolutions and matmuls ([`sc_models::ops::set_autocast`]).
@@ -228,6 +249,16 @@ impl TrainConfig {
         }
         if self.batch_size == 0 {
             bail!("batch_size must be at least 1");
+        }
+        if self.ghost_batches == 0 {
+            bail!("ghost_batches must be at least 1");
+        }
+        if !self.batch_size.is_multiple_of(self.ghost_batches) {
+            bail!(
+                "batch_size {} does not divide into {} ghost batches: choose a multiple of {1}",
+                self.batch_size,
+                self.ghost_batches
+            );
         }
         if self.eval_batch_size == 0 {
             bail!("eval_batch_size must be at least 1");

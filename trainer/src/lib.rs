@@ -20,6 +20,7 @@ macro_rules! field_defaults {
 
 pub mod checkpoint;
 pub mod cli;
+pub mod collective;
 pub mod config;
 pub mod data;
 pub mod devcheck;
@@ -30,6 +31,7 @@ pub mod fetch;
 pub mod io;
 pub mod lrfind;
 pub mod optim;
+pub mod parallel;
 pub mod plot;
 pub mod reproduce;
 pub mod run_dir;

@@ -1,16 +1,22 @@
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
 use sc_trainer::cli::{Cli, Command, DataCommand};
+use sc_trainer::collective::Collective;
 use sc_trainer::config::default_runs_dir;
 use sc_trainer::run_dir::{read_config, run_dir_for};
 use sc_trainer::train::{fit, FitOptions};
 
 fn main() -> ExitCode {
-    // candle asks the OS for the core count on every matmul unless this is set.
+    // candle asks the OS for the core count on every matmul unless this is set. The processes
+    // of an MPI job on one machine share its cores.
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        let local = sc_trainer::collective::launcher_local_size()
+            .unwrap_or(1)
+            .max(1);
+        std::env::set_var("RAYON_NUM_THREADS", (n / local).max(1).to_string());
     }
     // Training frees and re-allocates every activation each step: keep freed memory in the heap.
     sc_models::custom_ops::keep_freed_memory();
@@ -20,8 +26,28 @@ fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }
-    match run(cli) {
+    // One of `mpirun -np N`'s processes (feature `mpi`), or the single process.
+    let coll = match sc_trainer::collective::from_launcher() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(cli, coll.clone()) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if coll.size() > 1 && sc_trainer::parallel::is_all_ranks(&e) => {
+            // Every rank ends with this error: rank 0 says it, and the job ends normally.
+            if coll.rank() == 0 {
+                eprintln!("error: {e:#}");
+            }
+            ExitCode::FAILURE
+        }
+        Err(e) if coll.size() > 1 => {
+            // The other ranks may be waiting in a collective: end the whole job now.
+            eprintln!("error: rank {} of {}: {e:#}", coll.rank(), coll.size());
+            coll.abort(1)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -29,13 +55,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli, coll: Arc<dyn Collective>) -> anyhow::Result<()> {
+    if coll.size() > 1 && !matches!(cli.command, Command::Fit(_)) {
+        anyhow::bail!(
+            "only `fit` trains across MPI ranks; run other commands as one process (grids of \
+             runs spread over a cluster with `reproduce --shard I/N`, see docs/CLUSTER.md)"
+        );
+    }
     match cli.command {
         Command::Fit(args) => {
             let opts = FitOptions {
                 resume: args.resume.is_some(),
                 progress: !args.quiet,
                 stop_after: args.stop_after,
+                collective: coll.clone(),
                 ..FitOptions::default()
             };
             let (cfg, dir) = match &args.resume {
@@ -48,6 +81,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             let s = fit(cfg, &dir, &opts)?;
+            if coll.rank() != 0 {
+                return Ok(()); // rank 0 reports for the job
+            }
             let pct = |v: Option<f64>| v.map_or("-".to_string(), |a| format!("{:.2}%", a * 100.0));
             println!("run:              {}", dir.display());
             println!("iterations:       {}", s.iterations);
@@ -75,6 +111,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Reproduce(args) => {
+            let share = args.cluster.share()?;
             let plans = args.plans()?;
             if let Some(p) = plans.first() {
                 eprintln!(
@@ -84,7 +121,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             for plan in plans {
-                if let Some(report) = sc_trainer::reproduce::reproduce(&plan)? {
+                if let Some(report) = sc_trainer::reproduce::reproduce_share(&plan, &share)? {
                     println!(
                         "{} ({} scale): {}",
                         report.title,

@@ -14,10 +14,12 @@ use candle_nn::{VarBuilder, VarMap};
 use sc_models::{ArchConfig, Normalization, ResNet};
 
 use crate::checkpoint::{self, TrainState};
+use crate::collective::Collective;
 use crate::config::TrainConfig;
 use crate::data::{normalize_all, BatchMaker, Loader};
 use crate::io::{write_atomic, write_json};
 use crate::optim::Sgd;
+use crate::parallel::{AllRanks, DataParallel, ParallelRecord};
 use crate::run_dir::{self, append_metrics, read_run_info, MetricsRow, Outcome, RunInfo, Summary};
 
 /// Loop options that differ between commands.
@@ -41,6 +43,9 @@ pub struct FitOptions {
     /// End the run (as diverged) when the smoothed training loss exceeds this multiple of its
     /// minimum — the LR range test's early stop (fast.ai uses 4).
     pub divergence_factor: Option<f64>,
+    /// The processes training this run together ([`crate::collective`]): the single process, or
+    /// one MPI rank of `mpirun -np N`.
+    pub collective: Arc<dyn Collective>,
 }
 
 impl Default for FitOptions {
@@ -54,6 +59,7 @@ impl Default for FitOptions {
             command: std::env::args().collect(),
             stop_after: None,
             divergence_factor: None,
+            collective: crate::collective::single(),
         }
     }
 }
@@ -127,12 +133,25 @@ impl Net {
         shape: (usize, usize, usize),
         batch: usize,
     ) -> anyhow::Result<(f64, f64)> {
-        let (c, h, w) = shape;
-        let per = c * h * w;
         let n = labels.len();
         if n == 0 {
             return Ok((f64::NAN, f64::NAN));
         }
+        let (loss_sum, correct) = self.evaluate_sums(images, labels, shape, batch)?;
+        Ok((loss_sum / n as f64, correct as f64 / n as f64))
+    }
+
+    /// Summed cross-entropy and the number of correct predictions over pre-normalized images.
+    pub fn evaluate_sums(
+        &self,
+        images: &[f32],
+        labels: &[u32],
+        shape: (usize, usize, usize),
+        batch: usize,
+    ) -> anyhow::Result<(f64, usize)> {
+        let (c, h, w) = shape;
+        let per = c * h * w;
+        let n = labels.len();
         let (mut loss_sum, mut correct) = (0f64, 0usize);
         for start in (0..n).step_by(batch) {
             let b = batch.min(n - start);
@@ -147,7 +166,7 @@ impl Net {
             loss_sum += loss as f64 * b as f64;
             correct += count_correct(&logits, &y)?;
         }
-        Ok((loss_sum / n as f64, correct as f64 / n as f64))
+        Ok((loss_sum, correct))
     }
 }
 
@@ -219,8 +238,22 @@ const EARLIER_MACHINE: &str = "earlier segments: not recorded";
 /// unless `opts.divergence_is_end`.
 pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::Result<Summary> {
     cfg.validate()?;
-    crate::io::ensure_writable_dir(run_dir)?;
-    crate::io::remove_stale_temps(run_dir);
+    // Data parallelism: every rank runs this function; rank 0 alone writes files.
+    let coll = opts.collective.clone();
+    let (world, writer) = (coll.size(), coll.rank() == 0);
+    crate::parallel::check_split(cfg.batch_size, world, cfg.ghost_batches)?;
+    if opts.resume {
+        crate::parallel::check_resume_world(run_dir, &cfg, world)?;
+    }
+    cfg.parallel = (world > 1).then(|| ParallelRecord {
+        world_size: world,
+        batch_per_rank: cfg.batch_size / world,
+        batchnorm: crate::parallel::batchnorm_note(cfg.batch_size / world / cfg.ghost_batches),
+    });
+    if writer {
+        crate::io::ensure_writable_dir(run_dir)?;
+        crate::io::remove_stale_temps(run_dir);
+    }
     let device = crate::device::open(&cfg.device)?;
     // Convolutions and matmuls of this thread (training and validation) in cfg.precision.
     let _autocast = Autocast::set(cfg.precision.autocast());
@@ -269,8 +302,10 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
             resize: sc_data::Resize::ShorterSideCenterCrop,
         }),
     };
-    write_json(&run_dir.join(run_dir::CONFIG), &cfg)?;
-    write_json(&run_dir.join(run_dir::RUN_INFO), &info)?;
+    if writer {
+        write_json(&run_dir.join(run_dir::CONFIG), &cfg)?;
+        write_json(&run_dir.join(run_dir::RUN_INFO), &info)?;
+    }
 
     // The model and optimizer, from the checkpoint when resuming; the metrics cut back to it.
     let net = Net::new(&arch, cfg.seed, &device)?;
@@ -284,7 +319,15 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
     if opts.resume {
         state = resume_from_checkpoint(run_dir, &device, &vars, &mut sgd, average.as_mut())?;
     }
-    let mut metrics = MetricsFile::open(run_dir, opts.resume.then_some(state.iteration))?;
+    let mut metrics = MetricsFile::open(run_dir, opts.resume.then_some(state.iteration), writer)?;
+    let mut par = DataParallel::new(
+        coll.clone(),
+        cfg.ghost_batches,
+        cfg.batch_size,
+        &vars,
+        net.model.params(),
+        sgd.vars(),
+    )?;
 
     // The batches, and when to validate and checkpoint.
     let maker = BatchMaker {
@@ -302,10 +345,40 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
     let val_x = normalize_all(&val, &splits.normalization);
     let val_y: Vec<u32> = val.labels.iter().map(|&l| l as u32).collect();
 
-    if device.is_cpu() {
+    if world > 1 {
+        // Every rank says who it is (the pid is what a stuck or dead rank is found by).
+        eprintln!(
+            "{}: pid {} on {}",
+            coll.describe(),
+            std::process::id(),
+            crate::device::machine(&cfg.device)
+        );
+    }
+    if device.is_cpu() && writer {
         eprintln!("CPU kernels: {}", sc_kernels::micro::describe());
     }
-    eprintln!(
+    if let Some(p) = cfg.parallel.as_ref().filter(|_| writer) {
+        eprintln!(
+            "data-parallel: {} ranks x {} images (global batch {}); BatchNorm {}; gradients \
+             averaged with one allreduce per step; weights compared across ranks every {} \
+             iterations and at every checkpoint",
+            p.world_size,
+            p.batch_per_rank,
+            cfg.batch_size,
+            p.batchnorm,
+            crate::parallel::CHECK_EVERY
+        );
+    }
+    if cfg.ghost_batches > 1 && writer {
+        eprintln!(
+            "ghost batches: BatchNorm normalizes {} slices of {} images separately per step \
+             (running statistics: their mean)",
+            cfg.ghost_batches,
+            cfg.batch_size / world / cfg.ghost_batches
+        );
+    }
+    if writer {
+        eprintln!(
         "{}: {} parameters ({:.2}M), {} train / {} val images {}x{}x{}, {} iterations of {} ({:.1} epochs), {}{}",
         arch.name(),
         arch.parameter_count(),
@@ -325,9 +398,10 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
             ", bf16 mixed precision"
         }
     );
+    }
 
     let interrupted = interrupt_flag();
-    let log = Log::new(opts.progress, total, state.iteration);
+    let log = Log::new(opts.progress && writer, total, state.iteration);
     let mut loader = Loader::spawn(maker, state.iteration, total);
     let clock = Clock::start(state.elapsed_s);
     let start_iter = state.iteration;
@@ -335,6 +409,9 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
     let mut guard = DivergenceGuard::new(opts, start_iter);
     let mut outcome = Outcome::Finished;
     let mut message = None;
+    let mut signalled = false;
+    // The ranks start from the same weights (the seed, or the checkpoint they all read).
+    par.check_in_sync(state.iteration, &vars, &sgd.state())?;
 
     while state.iteration < total {
         // One step: forward, the divergence guard, backward, the update.
@@ -345,19 +422,31 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
         debug_assert_eq!(batch.iteration, it);
         let t0 = Instant::now();
         let point = cfg.schedule.at(it, total);
-        let b = batch.labels.len();
-        let x = Tensor::from_vec(batch.images, (b, shape.0, shape.1, shape.2), &device)?;
-        let y = Tensor::from_vec(batch.labels, b, &device)?;
-        let logits = net.model.forward_t(&x, true)?;
+        // This rank's slice of the batch (all of it in a single process), BatchNorm per slice.
+        let (images, labels) = par.local(batch.images, batch.labels);
+        let b_local = labels.len();
+        let y = Tensor::from_vec(labels, b_local, &device)?;
+        let logits = par.forward_train(&net, images, shape, &device)?;
         let loss_t = smoothed_cross_entropy(&logits, &y, cfg.label_smoothing)?;
-        let loss = loss_t.to_scalar::<f32>()? as f64;
+        let local_loss = loss_t.to_scalar::<f32>()? as f64;
+        let local_correct = count_correct(&logits, &y)?;
+        let mut grads = loss_t.backward()?;
+        // One allreduce (nothing in a single process): gradients and running statistics
+        // averaged, loss and accuracy totalled, and whether any rank was asked to stop.
+        let totals = par.reduce_step(
+            &mut grads,
+            local_loss,
+            local_correct,
+            b_local,
+            interrupted.load(Ordering::SeqCst),
+        )?;
+        let (loss, b) = (totals.loss, totals.images);
         if let Some(m) = guard.check_loss(it, point.lr, loss) {
             metrics.append(&MetricsRow::divergence(it + 1, point.lr, loss))?;
             (outcome, message) = (Outcome::Diverged, Some(m));
             break;
         }
-        let correct = count_correct(&logits, &y)?;
-        let grads = loss_t.backward()?;
+        let correct = totals.correct;
         sgd.step(&grads, point.lr, point.momentum)?;
         if let Some(a) = average.as_mut() {
             a.step(it + 1, &vars)?;
@@ -377,7 +466,7 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
         // Validation, when due.
         if cadence.validates(done) && !val_y.is_empty() {
             let (vl, va) = with_average(average.as_ref(), &vars, || {
-                net.evaluate(&val_x, &val_y, shape, cfg.eval_batch_size)
+                par.evaluate(&net, &val_x, &val_y, shape, cfg.eval_batch_size)
             })?;
             record_validation(&mut state, vl, va);
             metrics.append(&MetricsRow::validation(done, point.lr, vl, va))?;
@@ -390,19 +479,25 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
         log.step(done, point.lr, loss, throughput.ips, state.last_val_acc);
 
         // A checkpoint, when due or when stopping.
-        let signalled = interrupted.load(Ordering::SeqCst);
+        signalled = totals.stop;
         let stop = signalled || opts.stop_after.is_some_and(|s| done >= s && done < total);
         if cadence.checkpoints(done) || stop {
+            par.check_in_sync(done, &vars, &sgd.state())?;
             state.elapsed_s = clock.elapsed_s();
             metrics.flush()?;
-            let avg = average.as_ref().map(|a| a.tensors()).unwrap_or_default();
-            checkpoint::save_with_average(run_dir, &vars, sgd.state(), avg, &state)?;
+            if writer {
+                let avg = average.as_ref().map(|a| a.tensors()).unwrap_or_default();
+                checkpoint::save_with_average(run_dir, &vars, sgd.state(), avg, &state)?;
+            }
+        } else if done.is_multiple_of(crate::parallel::CHECK_EVERY) {
+            par.check_in_sync(done, &vars, &sgd.state())?;
         }
         if stop {
             outcome = Outcome::Interrupted;
             message = Some(format!(
-                "{} after iteration {done}; a checkpoint was written: resume with `sc-trainer fit --resume {}`",
+                "{} after iteration {done}; a checkpoint was written: resume with `{}sc-trainer fit --resume {}`",
                 if signalled { "interrupted" } else { "stopped" },
+                if world > 1 { format!("mpirun -np {world} ") } else { String::new() },
                 run_dir.display()
             ));
             break;
@@ -410,6 +505,20 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
     }
     drop(loader);
     log.finish();
+    if let Some(r) = par.comm_report(clock.session_start.elapsed().as_secs_f64()) {
+        if writer {
+            eprintln!("{r}");
+        }
+    }
+    if world > 1 {
+        // Each rank's own fingerprint of its state (the loop compared them at each checkpoint).
+        eprintln!(
+            "{}: checksum {:016x} of the weights, running statistics and momentum after iteration {}",
+            coll.describe(),
+            crate::parallel::checksum(&vars, &sgd.state())?,
+            state.iteration
+        );
+    }
     metrics.flush()?;
     state.elapsed_s = clock.elapsed_s();
 
@@ -419,7 +528,7 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
     }
     let mut test_acc = None;
     if outcome == Outcome::Finished && cfg.test_eval {
-        let acc = test_accuracy(&cfg, &splits.normalization, &net, shape)?;
+        let acc = test_accuracy(&cfg, &splits.normalization, &net, &par, shape)?;
         test_acc = Some(acc);
         metrics.append(&MetricsRow::test(state.iteration, acc))?;
         metrics.flush()?;
@@ -436,16 +545,19 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
         parameters: arch.parameter_count(),
         message: message.clone(),
     };
-    write_json(&run_dir.join(run_dir::SUMMARY), &summary)?;
-    if outcome == Outcome::Finished && opts.export {
+    if writer {
+        write_json(&run_dir.join(run_dir::SUMMARY), &summary)?;
+    }
+    if outcome == Outcome::Finished && opts.export && writer {
         let out = run_dir.join("model.onnx");
         crate::export::write_onnx(&cfg, &info, &net.tensors(), state.last_val_acc, &out)?;
     }
+    // Both endings are decided from reduced values, so every rank ends with the same error.
     if outcome == Outcome::Diverged && !opts.divergence_is_end {
-        bail!(message.unwrap_or_default());
+        return Err(AllRanks(message.unwrap_or_default()).into());
     }
-    if outcome == Outcome::Interrupted && interrupted.load(Ordering::SeqCst) {
-        bail!(message.unwrap_or_default());
+    if outcome == Outcome::Interrupted && signalled {
+        return Err(AllRanks(message.unwrap_or_default()).into());
     }
     if let Some(m) = &message {
         eprintln!("{m}");
@@ -495,13 +607,21 @@ fn resume_from_checkpoint(
 }
 
 /// The run directory's [`run_dir::METRICS`], open for appending rows.
-struct MetricsFile(std::io::BufWriter<std::fs::File>);
+/// Only rank 0 of a data-parallel run has one (`None` elsewhere: appends are dropped).
+struct MetricsFile(Option<std::io::BufWriter<std::fs::File>>);
 
 impl MetricsFile {
     /// Empties the file for a fresh run, or keeps the rows up to `resume_from` (the checkpoint's
     /// iteration) for a resumed one. A resumed run without the file (a run directory restored
     /// with its checkpoint only) starts a new one at the checkpoint.
-    fn open(run_dir: &Path, resume_from: Option<usize>) -> anyhow::Result<MetricsFile> {
+    fn open(
+        run_dir: &Path,
+        resume_from: Option<usize>,
+        writer: bool,
+    ) -> anyhow::Result<MetricsFile> {
+        if !writer {
+            return Ok(MetricsFile(None));
+        }
         let path = run_dir.join(run_dir::METRICS);
         match resume_from {
             Some(iteration) => run_dir::truncate_metrics(run_dir, iteration)?,
@@ -512,15 +632,21 @@ impl MetricsFile {
             .append(true)
             .open(&path)
             .with_context(|| format!("cannot open {}", path.display()))?;
-        Ok(MetricsFile(std::io::BufWriter::new(file)))
+        Ok(MetricsFile(Some(std::io::BufWriter::new(file))))
     }
 
     fn append(&mut self, row: &MetricsRow) -> anyhow::Result<()> {
-        append_metrics(&mut self.0, row)
+        match &mut self.0 {
+            Some(f) => append_metrics(f, row),
+            None => Ok(()),
+        }
     }
 
     fn flush(&mut self) -> anyhow::Result<()> {
-        Ok(self.0.flush()?)
+        match &mut self.0 {
+            Some(f) => Ok(f.flush()?),
+            None => Ok(()),
+        }
     }
 }
 
@@ -675,6 +801,7 @@ fn test_accuracy(
     cfg: &TrainConfig,
     norm: &Normalization,
     net: &Net,
+    par: &DataParallel,
     shape: (usize, usize, usize),
 ) -> anyhow::Result<f64> {
     let test = cfg
@@ -683,7 +810,7 @@ fn test_accuracy(
         .context("test_eval: cannot read the test split")?;
     let tx = normalize_all(&test, norm);
     let ty: Vec<u32> = test.labels.iter().map(|&l| l as u32).collect();
-    let (_, acc) = net.evaluate(&tx, &ty, shape, cfg.eval_batch_size)?;
+    let (_, acc) = par.evaluate(net, &tx, &ty, shape, cfg.eval_batch_size)?;
     Ok(acc)
 }
 

@@ -5,6 +5,7 @@
 pub mod budget;
 pub mod preset;
 mod report;
+pub mod shard;
 pub mod zoo;
 
 use std::path::PathBuf;
@@ -94,6 +95,21 @@ fn do_run(r: &PlannedRun, progress: bool) -> anyhow::Result<()> {
 
 /// Runs the experiment and writes the report; returns it.
 pub fn reproduce(plan: &ReproducePlan) -> anyhow::Result<Option<Report>> {
+    reproduce_share(plan, &shard::Share::All)
+}
+
+/// [`reproduce`] for one worker of a cluster: trains only `share`'s runs (each claimed with a
+/// lock) and writes the report once every run is finished (`--report`: from the finished ones).
+pub fn reproduce_share(
+    plan: &ReproducePlan,
+    share: &shard::Share,
+) -> anyhow::Result<Option<Report>> {
+    if plan.experiment == "budget" && *share != shard::Share::All {
+        anyhow::bail!(
+            "the budget experiment tunes its weight decay and learning rate before its grid, so \
+             its runs depend on each other: run it on one machine, without --shard or --report"
+        );
+    }
     if plan.experiment == "budget" {
         return budget::reproduce(plan);
     }
@@ -146,9 +162,11 @@ pub fn reproduce(plan: &ReproducePlan) -> anyhow::Result<Option<Report>> {
         return Ok(None);
     }
     crate::io::ensure_writable_dir(&plan.out)?;
-    for r in &runs {
-        do_run(r, plan.progress)?;
-    }
+    let Some((runs, _report_lock)) =
+        shard::train_share(&runs, share, &plan.out, |r| do_run(r, plan.progress))?
+    else {
+        return Ok(None);
+    };
     let report = build_report(&preset, &plan.scale, &scale.budget, &runs, &plan.out)?;
     Ok(Some(report))
 }
