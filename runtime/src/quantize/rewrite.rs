@@ -637,8 +637,10 @@ mod tests {
         assert!((s - 2.0 / 255.0).abs() < 1e-7);
         let (lo, hi) = (-(z as f32) * s, (255.0 - z as f32) * s);
         assert!((lo + 1.0).abs() <= s && (hi - 1.0).abs() <= s, "{lo} {hi}");
-        // All-negative values: the range widened to hold 0, which is the top.
+        // One-signed ranges are widened to hold 0: it is the top, or the bottom.
         assert_eq!(uint8_params(-2.0, -1.0).1, 255);
+        let (s, z) = uint8_params(1.0, 2.0);
+        assert!((s - 2.0 / 255.0).abs() < 1e-7 && z == 0, "{s} {z}");
         assert_eq!(uint8_params(0.0, 0.0), (1.0, 0));
     }
 
