@@ -124,10 +124,16 @@ pub fn open_training_set(data: &Path) -> Result<Dataset> {
         problem: problem.into(),
     };
     if !data.exists() {
-        if let Some(Ok((_, Split::Test))) = sc_data::named::resolve(data) {
-            return Err(refuse(
-                "names a test split; calibration reads training images only (give the data set, e.g. its directory or training name)",
-            ));
+        // A short name: its test split is refused; any other name reads the training split of
+        // the data set it names (whatever split the name would give `eval`).
+        if let Some(r) = sc_data::named::resolve(data) {
+            let (dir, split) = r?;
+            if split == Split::Test && data.to_string_lossy().to_lowercase().contains("test") {
+                return Err(refuse(
+                    "names a test split; calibration reads training images only (give the data set, e.g. its directory or training name)",
+                ));
+            }
+            return Ok(Dataset::open(&dir, Split::Train)?);
         }
     } else if data.is_file() {
         let name = (data.file_name())
