@@ -1,5 +1,11 @@
 """Checks every exported model in DIR with onnx.checker and compares onnxruntime's logits with
-tract's (written by tests/export_parity.rs). Prints 'N passed, M failed'; exits non-zero on failure."""
+tract's (written by tests/export_parity.rs, and for int8 QDQ models by runtime/tests/quantize.rs).
+Prints 'N passed, M failed'; exits non-zero on failure.
+
+int8 models (with sc.quantization) are compared within a few quantization steps rather than 1e-4:
+onnxruntime runs the QDQ graph with integer kernels and tract dequantizes, so an activation that
+lands on a rounding boundary may differ by one step. The bound is 5% of the largest logit, and at
+most one image of the batch may change its top class."""
 import glob
 import os
 import sys
@@ -37,8 +43,16 @@ def main(d):
             diff = float(np.abs(ours - tract).max())
             same_argmax = bool((ours.argmax(1) == tract.argmax(1)).all())
             name = os.path.basename(stem)
-            if diff <= 1e-4 * scale and same_argmax:
-                print(f"ok   {name}: onnxruntime vs tract max abs diff {diff:.2e}")
+            if "sc.quantization" in meta:
+                moved = int((ours.argmax(1) != tract.argmax(1)).sum())
+                ok = diff <= 0.05 * scale and moved <= 1
+                same_argmax = moved <= 1
+                bound = "int8: bound 5% of the largest logit"
+            else:
+                ok = diff <= 1e-4 * scale and same_argmax
+                bound = "bound 1e-4"
+            if ok:
+                print(f"ok   {name}: onnxruntime vs tract max abs diff {diff:.2e} ({bound})")
                 passed += 1
             else:
                 print(f"FAIL {name}: max abs diff {diff:.2e} (scale {scale:.2f}), argmax equal: {same_argmax}")

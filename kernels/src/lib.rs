@@ -8,6 +8,7 @@
 //! - [`blocked`]: inference convolutions in the channel-blocked (NCHWc) layout.
 //! - [`bn`], [`elementwise`]: BatchNorm (training and inference form) fused with ReLU and the
 //!   residual add, and its backward passes.
+//! - [`int8`]: uint8 × int8 products (AVX512-VNNI, AVX-VNNI, AVX2, portable) and requantization.
 //! - [`par`], [`scratch`]: parallel loops over images (rayon's global pool) and per-thread
 //!   reusable buffers.
 
@@ -15,6 +16,7 @@ pub mod blocked;
 pub mod bn;
 pub mod conv;
 pub mod elementwise;
+pub mod int8;
 pub mod micro;
 pub mod par;
 pub mod scratch;

@@ -232,6 +232,17 @@ impl Classifier {
         self.metadata.as_ref()
     }
     /// Inputs, outputs, all metadata and op counts of the file.
+    /// The per-image input shape `[C, H, W]` the graph takes.
+    pub(crate) fn input_chw(&self) -> [usize; 3] {
+        let i = self.input();
+        [i.channels, i.height, i.width]
+    }
+
+    /// `Some(n)` when the graph's batch dimension is the fixed number `n`.
+    pub(crate) fn fixed_batch(&self) -> Option<usize> {
+        self.engine.fixed_batch()
+    }
+
     pub fn info(&self) -> &ModelInfo {
         &self.info
     }

@@ -137,7 +137,7 @@ impl Classifier {
         Ok(summarize(self, data, confusion, seconds))
     }
 
-    fn check_dataset(&self, data: &Dataset) -> Result<()> {
+    pub(crate) fn check_dataset(&self, data: &Dataset) -> Result<()> {
         let i = self.input();
         let bad = |problem: String| RuntimeError::DatasetMismatch {
             path: PathBuf::from(&data.source),

@@ -38,6 +38,7 @@ mod native;
 mod noise;
 mod preprocess;
 mod probe;
+pub mod quantize;
 mod runner;
 #[cfg(feature = "serve")]
 pub mod serve;

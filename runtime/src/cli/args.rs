@@ -86,6 +86,39 @@ pub enum Command {
     /// concurrent requests. Stops on SIGTERM or Ctrl-C after finishing accepted requests.
     #[cfg(feature = "serve")]
     Serve(ServeArgs),
+    /// Quantize a float model to int8 (ONNX QDQ: int8 weights per output channel, uint8
+    /// activations), calibrated on training images (docs/INT8.md).
+    Quantize {
+        /// The float model (.onnx).
+        model: PathBuf,
+        /// The data set whose training split calibrates (never its test images): a CIFAR
+        /// directory or archive, an IDX directory, a folder of images (DIR/train/<class>/*, else
+        /// DIR/<class>/*) or a short name of a fetched set.
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// Where to write the int8 model [default: MODEL-int8.onnx beside the model].
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Calibration images, spread evenly over the training split.
+        #[arg(long, value_name = "N", default_value_t = sc_runtime::quantize::DEFAULT_IMAGES)]
+        images: usize,
+        /// How each activation's range is chosen: `minmax` (smallest to largest value seen) or
+        /// `percentile` (see --percentile).
+        #[arg(long, value_name = "METHOD", default_value = "minmax")]
+        calibration: String,
+        /// The percentile kept by `--calibration percentile` (both tails), in (50, 100].
+        #[arg(long, value_name = "P", default_value_t = 99.99)]
+        percentile: f64,
+        /// Layers left in float, comma-separated: `first-conv`, `classifier` or node names
+        /// [default: none].
+        #[arg(long, value_delimiter = ',', value_name = "LAYER,..")]
+        keep_float: Vec<String>,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        pre: PreArgs,
+    },
     /// Inputs, outputs, metadata and operator counts of a model file.
     Info {
         /// The model (.onnx).

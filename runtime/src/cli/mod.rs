@@ -82,6 +82,46 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         #[cfg(feature = "serve")]
         Command::Serve(args) => serve::run(args),
+        Command::Quantize {
+            model,
+            data,
+            out,
+            images,
+            calibration,
+            percentile,
+            keep_float,
+            json,
+            pre,
+        } => {
+            use sc_runtime::quantize::{self, Calibration, QuantizeOptions};
+            let calibration = match calibration.as_str() {
+                "minmax" => Calibration::MinMax,
+                "percentile" => Calibration::Percentile(percentile),
+                other => bail!("--calibration {other:?}: expected minmax or percentile"),
+            };
+            let out = out.unwrap_or_else(|| quantize::default_out(&model));
+            let same = match (std::fs::canonicalize(&model), std::fs::canonicalize(&out)) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => false,
+            };
+            if same {
+                bail!(
+                    "--out {} is the model itself; write the int8 model elsewhere",
+                    out.display()
+                );
+            }
+            let pre = preprocessing(&pre)?;
+            let opts = QuantizeOptions {
+                images,
+                calibration,
+                keep_float,
+            };
+            let q = quantize::quantize_file(&model, pre, &data, &opts)
+                .with_context(|| format!("quantizing {}", model.display()))?;
+            std::fs::write(&out, &q.bytes).with_context(|| format!("writing {}", out.display()))?;
+            let float_bytes = std::fs::metadata(&model).map(|m| m.len()).unwrap_or(0);
+            report::quantize(&out, float_bytes, &q, json)
+        }
         Command::Bench {
             model,
             batch,

@@ -57,6 +57,11 @@ pub fn info(info: &ModelInfo, executor: &str, json: bool) -> Result<()> {
     for (k, v) in &info.metadata {
         println!("metadata    {k} = {v}");
     }
+    match sc_runtime::quantize::Record::of(info) {
+        Ok(Some(r)) => println!("int8        {}", int8_summary(&r)),
+        Ok(None) => {}
+        Err(e) => println!("int8        (unreadable record: {e})"),
+    }
     println!("executor    {executor}");
     println!("kernels     {kernels}");
     Ok(())
@@ -173,5 +178,63 @@ pub fn bench(clf: &Classifier, results: &[BenchResult], json: bool) -> Result<()
             r.batch, r.images_per_second, r.latency_ms_p50, r.latency_ms_p99, r.requests
         );
     }
+    Ok(())
+}
+
+/// One line on an int8 model: format, calibration, and the layers that stayed float.
+fn int8_summary(r: &sc_runtime::quantize::Record) -> String {
+    let method = match r.percentile {
+        Some(p) => format!("{} {p}", r.method),
+        None => r.method.clone(),
+    };
+    let float = if r.float_layers.is_empty() {
+        "every Conv/Gemm is int8".to_string()
+    } else {
+        let l: Vec<String> = (r.float_layers.iter())
+            .map(|f| format!("{} {} ({})", f.op, f.node, f.reason))
+            .collect();
+        format!("float layers: {}", l.join("; "))
+    };
+    format!(
+        "{} ({method} on {} training images of {}); {} nodes quantized, {} BatchNorms folded; {float}",
+        r.format.to_uppercase(),
+        r.images,
+        r.data,
+        r.quantized_nodes,
+        r.folded_batchnorms
+    )
+}
+
+pub fn quantize(
+    out: &std::path::Path,
+    float_bytes: u64,
+    q: &sc_runtime::quantize::Quantized,
+    json: bool,
+) -> Result<()> {
+    if json {
+        return print_json(&serde_json::json!({
+            "out": out,
+            "float_bytes": float_bytes,
+            "int8_bytes": q.bytes.len(),
+            "quantization": q.record,
+            "agreement": q.agreement,
+            "compared_images": q.compared,
+            "max_logit_diff": q.max_logit_diff,
+        }));
+    }
+    println!("wrote       {}", out.display());
+    println!(
+        "size        {:.2} MB (float {:.2} MB, {:.2}x smaller)",
+        q.bytes.len() as f64 / 1e6,
+        float_bytes as f64 / 1e6,
+        float_bytes as f64 / q.bytes.len().max(1) as f64
+    );
+    println!("int8        {}", int8_summary(&q.record));
+    println!(
+        "agreement   {:.2}% top-1 with the float model on {} calibration images (tract), largest logit difference {:.3}",
+        100.0 * q.agreement,
+        q.compared,
+        q.max_logit_diff
+    );
     Ok(())
 }

@@ -47,14 +47,14 @@ const OPS: &[(&str, Compile)] = &[
 /// from `Shape` may hold the batch size, which is not known when compiling: `batch` marks those
 /// entries (their `i` is a placeholder), and is empty when there are none.
 #[derive(Clone)]
-pub(super) struct Const {
-    pub(super) dims: Vec<usize>,
-    pub(super) f: Vec<f32>,
-    pub(super) i: Vec<i64>,
+pub(crate) struct Const {
+    pub(crate) dims: Vec<usize>,
+    pub(crate) f: Vec<f32>,
+    pub(crate) i: Vec<i64>,
     pub(super) batch: Vec<bool>,
 }
 
-pub(super) fn read_tensor(t: &pb::TensorProto) -> Result<Const, Unsupported> {
+pub(crate) fn read_tensor(t: &pb::TensorProto) -> Result<Const, Unsupported> {
     use pb::tensor_proto::DataType;
     if t.data_location == Some(pb::tensor_proto::DataLocation::External as i32) {
         return Err(format!("`{}` keeps its data in an external file", t.name));
@@ -120,7 +120,7 @@ pub(super) fn attr_ints(node: &pb::NodeProto, name: &str) -> Option<Vec<i64>> {
     attr(node, name).map(|a| a.ints.clone())
 }
 
-fn attr_float(node: &pb::NodeProto, name: &str, default: f32) -> f32 {
+pub(super) fn attr_float(node: &pb::NodeProto, name: &str, default: f32) -> f32 {
     attr(node, name).map_or(default, |a| a.f)
 }
 /// The node's first output (empty when it has none).
@@ -346,8 +346,7 @@ impl Builder {
         };
         let (gamma, beta, mean, var) = (get(1)?, get(2)?, get(3)?, get(4)?);
         let eps = attr_float(node, "epsilon", 1e-5);
-        let scale: Vec<f32> = (0..c).map(|i| gamma[i] / (var[i] + eps).sqrt()).collect();
-        let shift: Vec<f32> = (0..c).map(|i| beta[i] - mean[i] * scale[i]).collect();
+        let (scale, shift) = super::fuse::batch_norm_affine(&gamma, &beta, &mean, &var, eps);
         self.emit(node, s, |y| Step::Affine {
             x,
             y,
@@ -638,6 +637,14 @@ impl Graph {
     /// Compiles `proto` for per-image input `chw`, or says why not.
     pub fn compile(proto: &pb::ModelProto, chw: [usize; 3]) -> Result<Graph, Unsupported> {
         let g = proto.graph.as_ref().ok_or("no graph")?;
+        if let Some(n) = (g.node.iter())
+            .find(|n| n.op_type == "QuantizeLinear" || n.op_type == "DequantizeLinear")
+        {
+            return Err(format!(
+                "an int8 (QDQ) graph ({} `{}`): the native executor runs float graphs only",
+                n.op_type, n.name
+            ));
+        }
         let mut b = Builder {
             consts: HashMap::new(),
             ids: HashMap::new(),

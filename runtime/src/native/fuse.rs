@@ -5,6 +5,43 @@ use std::collections::HashMap;
 
 use super::graph::{Graph, Step};
 
+/// Inference-form BatchNormalization as a per-channel affine map `x · scale + shift`:
+/// `scale = gamma / sqrt(var + eps)`, `shift = beta - mean · scale`. Shared by the native
+/// executor and the int8 quantizer (`crate::quantize`), which fold BatchNorm the same way.
+pub(crate) fn batch_norm_affine(
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    var: &[f32],
+    eps: f32,
+) -> (Vec<f32>, Vec<f32>) {
+    let scale: Vec<f32> = (gamma.iter().zip(var))
+        .map(|(&g, &v)| g / (v + eps).sqrt())
+        .collect();
+    let shift = (beta.iter().zip(mean).zip(&scale))
+        .map(|((&b, &m), &a)| b - m * a)
+        .collect();
+    (scale, shift)
+}
+
+/// A per-output-channel affine map applied after a convolution, folded into it: each output
+/// channel's weights (`weight` is `[cout, ...]`, `cout = scale.len()`) times `scale[co]`, its bias
+/// `bias[co] · scale[co] + shift[co]`.
+pub(crate) fn fold_affine_into_conv(
+    weight: &mut [f32],
+    bias: &mut [f32],
+    scale: &[f32],
+    shift: &[f32],
+) {
+    let per = weight.len() / scale.len().max(1);
+    for (co, (&a, &t)) in scale.iter().zip(shift).enumerate() {
+        for w in &mut weight[co * per..(co + 1) * per] {
+            *w *= a;
+        }
+        bias[co] = bias[co] * a + t;
+    }
+}
+
 impl Graph {
     /// How many steps read each value (the graph output counts as a reader).
     fn readers(&self) -> Vec<usize> {
@@ -130,13 +167,8 @@ impl Graph {
                     },
                     Step::Affine { scale, shift, .. },
                 ) => {
-                    let per = dims[0] * dims[4] * dims[4];
-                    for (co, (&a, &t)) in scale.iter().zip(&shift).enumerate() {
-                        for w in &mut weight[co * per..(co + 1) * per] {
-                            *w *= a;
-                        }
-                        bias[co] = bias[co] * a + t;
-                    }
+                    debug_assert_eq!(weight.len(), dims[3] * dims[0] * dims[4] * dims[4]);
+                    fold_affine_into_conv(weight, bias, &scale, &shift);
                     *cy = y;
                 }
                 (Step::Conv { relu, y: py, .. }, Step::Relu { .. })

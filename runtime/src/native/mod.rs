@@ -31,6 +31,8 @@ mod fuse;
 mod graph;
 mod run;
 
+pub(crate) use compile::read_tensor;
+pub(crate) use fuse::{batch_norm_affine, fold_affine_into_conv};
 pub(crate) use graph::Graph;
 
 /// Why a graph is left to tract.
