@@ -124,11 +124,11 @@ pub fn open_training_set(data: &Path) -> Result<Dataset> {
         problem: problem.into(),
     };
     if !data.exists() {
-        // A short name: its test split is refused; any other name reads the training split of
-        // the data set it names (whatever split the name would give `eval`).
+        // A short name: a `-test` name is refused; any other (`cifar10`, `cifar10-train`) reads
+        // the training split of the data set it names.
         if let Some(r) = sc_data::named::resolve(data) {
             let (dir, split) = r?;
-            if split == Split::Test && data.to_string_lossy().to_lowercase().contains("test") {
+            if split == Some(Split::Test) {
                 return Err(refuse(
                     "names a test split; calibration reads training images only (give the data set, e.g. its directory or training name)",
                 ));
