@@ -19,4 +19,5 @@ pub mod elementwise;
 pub mod int8;
 pub mod micro;
 pub mod par;
+pub mod qconv;
 pub mod scratch;

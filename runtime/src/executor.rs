@@ -134,12 +134,10 @@ impl Executor {
         let Some(graph) = standby.take() else {
             return Err(reason.clone());
         };
+        let kernels = graph.kernels();
         *self = Executor::Native {
             graph,
-            reason: format!(
-                "native (asked for; sc-kernels {} convolutions, checked against tract)",
-                isa_name()
-            ),
+            reason: format!("native (asked for; sc-kernels {kernels}, checked against tract)"),
         };
         Ok(())
     }
@@ -161,11 +159,12 @@ impl Executor {
                 .map_err(|why| format!("no blocked form: {why}"))?;
         }
         graph.set_blocked(blocked);
+        let kernels = graph.kernels();
         if let Executor::Native { reason, .. } = self {
             *reason = format!(
-                "native (asked for the {} layout; sc-kernels {} convolutions, checked against tract)",
+                "native (asked for the {} layout; sc-kernels {}, checked against tract)",
                 if blocked { "8-channel blocked" } else { "flat" },
-                isa_name()
+                kernels
             );
         }
         Ok(())
@@ -178,11 +177,6 @@ impl Executor {
             Executor::Tract { .. } => None,
         }
     }
-}
-
-/// The kernels' instruction set, as `sc-kernels` chose it for this CPU (and `SC_KERNELS_ISA`).
-fn isa_name() -> &'static str {
-    sc_kernels::micro::isa().name()
 }
 
 /// Compiles `proto` for the native executor, checks it against tract's `plan` for `batch`
@@ -217,7 +211,10 @@ pub(crate) fn choose(
         return Executor::tract(format!("tract ({why})"));
     }
     let layout = pick_layout(&mut graph, plan, shape, &inputs);
-    let isa = format!("{} convolutions, {layout}", isa_name());
+    let isa = match graph.blocked_form() {
+        Err(_) if layout.starts_with("flat layout (no blocked form: an int8") => graph.kernels(),
+        _ => format!("{}, {layout}", graph.kernels()),
+    };
     if preference == Preference::Native {
         return Executor::Native {
             graph,

@@ -11,8 +11,9 @@ use crate::noise::unit_noise;
 
 /// Probe inputs the native executor must agree with tract on before it is used.
 const PROBES: usize = 2;
-/// Agreement needed: max |native - tract| <= this · max(1, max |tract|) over the probe logits.
-const TOLERANCE: f32 = 1e-3;
+/// Agreement needed for float graphs: max |native - tract| <= this · max(1, max |tract|) over the
+/// probe logits (int8 graphs: [`Graph::tolerance`]).
+pub(crate) const TOLERANCE: f32 = 1e-3;
 /// Seed of the probe inputs' generator.
 const SEED: u64 = 0x2545_f491_4f6c_dd1d;
 
@@ -50,7 +51,7 @@ pub(crate) fn check(
             let d = (a - b).abs();
             m.max(if d.is_nan() { f32::INFINITY } else { d })
         });
-        if ours.len() != reference.len() || err > TOLERANCE * scale {
+        if ours.len() != reference.len() || err > graph.tolerance(scale) {
             return Err(format!(
                 "native executor disagrees with tract on probe {probe}: max error {err} at scale {scale}"
             ));

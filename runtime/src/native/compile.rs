@@ -75,6 +75,20 @@ pub(crate) fn read_tensor(t: &pb::TensorProto) -> Result<Const, Unsupported> {
     let (f, i) = match DataType::try_from(t.data_type) {
         Ok(DataType::Float) => (decode(&t.float_data, raw, f32::from_le_bytes)?, Vec::new()),
         Ok(DataType::Int64) => (Vec::new(), decode(&t.int64_data, raw, i64::from_le_bytes)?),
+        // 8- and 32-bit integers (the int8 executor's weights, biases and zero points): ONNX
+        // keeps them in `int32_data` when typed.
+        Ok(DataType::Int32) => (
+            Vec::new(),
+            widen(decode(&t.int32_data, raw, i32::from_le_bytes)?),
+        ),
+        Ok(DataType::Int8) if t.int32_data.is_empty() => (
+            Vec::new(),
+            raw(1)?.iter().map(|&b| b as i8 as i64).collect(),
+        ),
+        Ok(DataType::Uint8) if t.int32_data.is_empty() => {
+            (Vec::new(), raw(1)?.iter().map(|&b| b as i64).collect())
+        }
+        Ok(DataType::Int8 | DataType::Uint8) => (Vec::new(), widen(t.int32_data.clone())),
         _ => return Err(format!("`{}` has element type {}", t.name, t.data_type)),
     };
     if f.len().max(i.len()) != n {
@@ -90,6 +104,10 @@ pub(crate) fn read_tensor(t: &pb::TensorProto) -> Result<Const, Unsupported> {
         i,
         batch: Vec::new(),
     })
+}
+
+fn widen(v: Vec<i32>) -> Vec<i64> {
+    v.into_iter().map(i64::from).collect()
 }
 
 /// A tensor's values: its typed field when that is set, else its raw data read as little-endian
@@ -640,10 +658,23 @@ impl Graph {
         if let Some(n) = (g.node.iter())
             .find(|n| n.op_type == "QuantizeLinear" || n.op_type == "DequantizeLinear")
         {
-            return Err(format!(
-                "an int8 (QDQ) graph ({} `{}`): the native executor runs float graphs only",
-                n.op_type, n.name
-            ));
+            let plan = super::int8::QPlan::compile(proto, chw).map_err(|why| {
+                format!(
+                    "an int8 (QDQ) graph ({} `{}` …) the int8 executor does not take: {why}",
+                    n.op_type, n.name
+                )
+            })?;
+            let classes = plan.classes();
+            return Ok(Graph {
+                steps: Vec::new(),
+                shapes: vec![chw.to_vec(), vec![classes]],
+                input: 0,
+                output: 1,
+                classes,
+                blocked: Err("an int8 graph (its own NHWC uint8 layout)".into()),
+                use_blocked: false,
+                int8: Some(Box::new(plan)),
+            });
         }
         let mut b = Builder {
             consts: HashMap::new(),
@@ -688,6 +719,7 @@ impl Graph {
             classes,
             blocked: Err(String::new()),
             use_blocked: false,
+            int8: None,
         };
         graph.fuse();
         // Before the flat packing below drops the weights it packs.

@@ -15,6 +15,8 @@ pub(crate) struct Graph {
     pub(super) blocked: Result<super::blocked::Plan, String>,
     /// Runs [`Graph::blocked`] (chosen at load, see [`crate::executor`]).
     pub(super) use_blocked: bool,
+    /// An int8 (QDQ) graph runs on the int8 executor instead of `steps`.
+    pub(super) int8: Option<Box<super::int8::QPlan>>,
 }
 
 pub(super) enum Step {
@@ -117,6 +119,30 @@ impl Step {
 impl Graph {
     pub fn classes(&self) -> usize {
         self.classes
+    }
+
+    /// The kernels the graph runs on, in words (for the executor's reason).
+    pub fn kernels(&self) -> String {
+        match &self.int8 {
+            Some(q) => {
+                let (convs, fused) = q.convolutions();
+                format!(
+                    "int8 {} ({convs} uint8 convolutions, {fused} with the residual fused)",
+                    q.isa()
+                )
+            }
+            None => format!("{} convolutions", sc_kernels::micro::isa().name()),
+        }
+    }
+
+    /// The largest difference from tract's logits the probe check accepts, when tract's largest
+    /// logit magnitude (at least 1) is `scale`: relative for float graphs, in quantization steps
+    /// for int8 ones ([`super::int8::TOLERANCE_STEPS`]).
+    pub fn tolerance(&self, scale: f32) -> f32 {
+        match &self.int8 {
+            Some(q) => q.tolerance(),
+            None => crate::probe::TOLERANCE * scale,
+        }
     }
 
     /// Whether the graph has a channel-blocked form ([`super::blocked`]); else why not.

@@ -29,6 +29,7 @@ mod compile;
 mod fold;
 mod fuse;
 mod graph;
+mod int8;
 mod run;
 
 pub(crate) use compile::read_tensor;
