@@ -153,22 +153,27 @@ impl DataIdentity {
     /// The identity of the training split at `path` (a path or a short name).
     pub fn of(path: &Path) -> Result<DataIdentity> {
         let ds = Dataset::open(path, Split::Train)?;
-        let sha256 = content_sha256(&ds);
+        let folder = path
+            .exists()
+            .then(|| path.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .flatten();
+        Ok(DataIdentity::of_training_set(&ds, folder))
+    }
+
+    /// The identity of an opened training split (`folder`: where it was opened from, if a path).
+    pub fn of_training_set(ds: &Dataset, folder: Option<String>) -> DataIdentity {
+        let sha256 = content_sha256(ds);
         let name = KNOWN
             .iter()
             .find(|k| k.train_sha256 == Some(sha256.as_str()))
             .map(|k| k.name)
             .unwrap_or("data")
             .to_string();
-        let folder = path
-            .exists()
-            .then(|| path.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .flatten();
-        Ok(DataIdentity {
+        DataIdentity {
             name,
             sha256,
             folder,
-        })
+        }
     }
 
     /// `name@sha256:<first 16 hex digits>`: what run names hash.

@@ -161,6 +161,9 @@ struct Offsets {
     at: Vec<[usize; 2]>,
 }
 
+/// Tasks per thread when a convolution's tiles are split over a team ([`Conv::forward`]).
+const TASKS_PER_THREAD: usize = 4;
+
 /// The part of an output a tile writes: `NP` pixels of `OB` channel blocks.
 #[derive(Clone, Copy)]
 struct Tile<'a> {
@@ -339,9 +342,11 @@ impl Conv {
             }
         };
         match within {
-            Some((groups, for_each)) => {
+            Some((threads, for_each)) => {
+                // Several tasks per thread, claimed as threads come free: a helper that wakes
+                // late, or tiles of unequal cost, then leave no thread waiting long at the join.
                 let total = n * per;
-                let groups = groups.clamp(1, total.max(1));
+                let groups = (threads * TASKS_PER_THREAD).clamp(1, total.max(1));
                 let chunk = total.div_ceil(groups);
                 for_each(groups, &|g| run(g * chunk..((g + 1) * chunk).min(total)));
             }

@@ -76,6 +76,8 @@ pub struct Record {
     pub percentile: Option<f64>,
     /// Calibration images, from the training split of `data`.
     pub images: usize,
+    /// The calibration data by content: `name@sha256:<16 hex digits>` of its training split (a
+    /// known set by name, any other as `data@…`), never a path of the machine that made the file.
     pub data: String,
     pub weights: String,
     pub activations: String,
@@ -229,7 +231,8 @@ fn quantize(
         method: method.into(),
         percentile,
         images: idx.len(),
-        data: set.source.clone(),
+        // By content (`cifar10@sha256:…`), not by a path of the machine that quantized it.
+        data: sc_data::named::DataIdentity::of_training_set(set, None).key(),
         weights: "int8, symmetric, one scale per output channel (zero point 0); int32 biases"
             .into(),
         activations: "uint8, one scale and zero point per tensor".into(),
