@@ -493,6 +493,10 @@ pub struct BatchMaker {
     pub crop: bool,
     pub pad: usize,
     pub flip: bool,
+    /// `(rank, ranks)`: make only images `rank·b/ranks .. (rank+1)·b/ranks` of each batch of `b`
+    /// (a data-parallel rank's slice), with exactly the augmentation the whole batch gives them.
+    /// `(0, 1)`: the whole batch.
+    pub part: (usize, usize),
 }
 
 impl BatchMaker {
@@ -516,10 +520,11 @@ impl BatchMaker {
         let b = iteration % self.batches_per_epoch();
         let idx = &order[b * self.batch_size..(b + 1) * self.batch_size];
         let mut rng = ChaCha8Rng::seed_from_u64(mix(self.seed, 3, iteration as u64));
-        let mut images = vec![0f32; idx.len() * c * h * w];
-        let mut labels = Vec::with_capacity(idx.len());
+        let (rank, ranks) = self.part;
+        let mine = rank * idx.len() / ranks..(rank + 1) * idx.len() / ranks;
+        let mut images = vec![0f32; mine.len() * c * h * w];
+        let mut labels = Vec::with_capacity(mine.len());
         for (k, &i) in idx.iter().enumerate() {
-            labels.push(d.labels[i] as u32);
             let p = self.pad as isize;
             let (dy, dx) = if self.crop && p > 0 {
                 (rng.gen_range(-p..=p), rng.gen_range(-p..=p))
@@ -527,6 +532,12 @@ impl BatchMaker {
                 (0, 0)
             };
             let flip = self.flip && rng.gen_bool(0.5);
+            // Images before this rank's slice only advance the generator.
+            if !mine.contains(&k) {
+                continue;
+            }
+            labels.push(d.labels[i] as u32);
+            let k = k - mine.start;
             let src = d.image(i);
             let dst = &mut images[k * c * h * w..(k + 1) * c * h * w];
             for ch in 0..c {
@@ -738,6 +749,7 @@ mod tests {
             crop: true,
             pad: 2,
             flip: true,
+            part: (0, 1),
         };
         let mut loader = Loader::spawn(maker.clone(), 3, 9);
         for it in 3..9 {
@@ -746,6 +758,19 @@ mod tests {
             assert_eq!(b.iteration, it);
             assert_eq!(b.images, direct.images);
             assert_eq!(b.labels, direct.labels);
+            // Ranks' slices, made alone, are the whole batch's pieces, augmentation included.
+            let (mut images, mut labels) = (Vec::new(), Vec::new());
+            for rank in 0..4 {
+                let slice = BatchMaker {
+                    part: (rank, 4),
+                    ..maker.clone()
+                }
+                .batch(it);
+                assert_eq!(slice.labels.len(), 4);
+                images.extend(slice.images);
+                labels.extend(slice.labels);
+            }
+            assert_eq!((images, labels), (direct.images, direct.labels));
         }
         assert!(loader.next().is_none());
         assert_ne!(maker.batch(0).images, maker.batch(1).images);

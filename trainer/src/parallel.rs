@@ -193,21 +193,6 @@ impl DataParallel {
         self.coll.rank() == 0
     }
 
-    /// This rank's slice of a global batch: images `rank·b/N .. (rank+1)·b/N`, so the N slices
-    /// in rank order are exactly the batch a single process trains on.
-    pub fn local(&self, images: Vec<f32>, labels: Vec<u32>) -> (Vec<f32>, Vec<u32>) {
-        let (r, n) = (self.coll.rank(), self.coll.size());
-        if n == 1 {
-            return (images, labels);
-        }
-        let b = labels.len() / n;
-        let per = images.len() / labels.len().max(1);
-        (
-            images[r * b * per..(r + 1) * b * per].to_vec(),
-            labels[r * b..(r + 1) * b].to_vec(),
-        )
-    }
-
     /// The training forward pass over this rank's images: one pass, or with ghost batches one
     /// per slice, each starting from the same running statistics, which end as the slices' mean.
     pub fn forward_train(

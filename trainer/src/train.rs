@@ -338,6 +338,8 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
         crop: cfg.data.crop,
         pad: cfg.data.pad,
         flip: cfg.data.flip,
+        // A rank makes only its slice of each batch.
+        part: (par.rank(), par.size()),
     };
     let per_epoch = maker.batches_per_epoch();
     let cadence = Cadence::new(&cfg, per_epoch, total);
@@ -423,7 +425,7 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
         let t0 = Instant::now();
         let point = cfg.schedule.at(it, total);
         // This rank's slice of the batch (all of it in a single process), BatchNorm per slice.
-        let (images, labels) = par.local(batch.images, batch.labels);
+        let (images, labels) = (batch.images, batch.labels);
         let b_local = labels.len();
         let y = Tensor::from_vec(labels, b_local, &device)?;
         let logits = par.forward_train(&net, images, shape, &device)?;
