@@ -51,15 +51,19 @@ pub fn available() -> Vec<Int8Isa> {
     let mut v = vec![Int8Isa::Portable];
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") {
+        // Every body's epilogue uses FMA (`sc_kernels::qconv`).
+        let fma = std::arch::is_x86_feature_detected!("fma");
+        if fma && std::arch::is_x86_feature_detected!("avx2") {
             v.push(Int8Isa::Avx2);
         }
-        if std::arch::is_x86_feature_detected!("avx2")
+        if fma
+            && std::arch::is_x86_feature_detected!("avx2")
             && std::arch::is_x86_feature_detected!("avxvnni")
         {
             v.push(Int8Isa::AvxVnni);
         }
-        if std::arch::is_x86_feature_detected!("avx512f")
+        if fma
+            && std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512bw")
             && std::arch::is_x86_feature_detected!("avx512vnni")
         {

@@ -99,6 +99,16 @@ impl QConv {
                 weights.len()
             ));
         }
+        // A body this CPU lacks would run instructions it does not have: the portable one runs.
+        let isa = if crate::int8::available().contains(&isa) {
+            isa
+        } else {
+            Int8Isa::Portable
+        };
+        // Every sum must fit in 32 bits: 255 · 128 per product.
+        if cin * k * k > (i32::MAX as usize) / (255 * 128) {
+            return Err(format!("{cin} input channels x {k}x{k}: sums past 32 bits"));
+        }
         if pad > 1 || k == 0 || stride == 0 || k > h + 2 * pad || k > w + 2 * pad {
             return Err(format!(
                 "kernel {k}, stride {stride}, padding {pad} on {h}x{w} (padding of at most one pixel)"
@@ -208,15 +218,27 @@ pub struct Mid<'a> {
     pub residual_scale: f32,
 }
 
+/// Values are clamped to ±`LIMIT` before rounding, so that out-of-range values saturate (to 0 or
+/// 255) the same way in every body instead of overflowing the conversion.
+const LIMIT: f32 = 1.0e9;
+
 /// The scalar requantization of one sum (the definition every body matches).
 #[inline]
 fn requant_one(s: i32, co: usize, q: &Requant, r: u8) -> u8 {
     let lo = if q.relu { q.zero_point as i32 } else { 0 };
-    let mut v = (s as f32).mul_add(q.mul[co], q.add[co]);
+    // NaN goes to -LIMIT, as the vector bodies' max(v, -LIMIT) takes it.
+    let lim = |v: f32| {
+        if v.is_nan() {
+            -LIMIT
+        } else {
+            v.clamp(-LIMIT, LIMIT)
+        }
+    };
+    let mut v = lim((s as f32).mul_add(q.mul[co], q.add[co]));
     if let Some(m) = &q.mid {
         let t = (v.round_ties_even() as i32 + m.zero_point as i32).clamp(0, 255);
         let tv = (t - m.zero_point as i32) as f32 * m.scale;
-        v = ((r as i32 - m.residual_zero_point as i32) as f32).mul_add(m.residual_scale, tv);
+        v = lim(((r as i32 - m.residual_zero_point as i32) as f32).mul_add(m.residual_scale, tv));
     }
     (v.round_ties_even() as i32 + q.zero_point as i32).clamp(lo, 255) as u8
 }
@@ -437,7 +459,9 @@ mod x86 {
         }
         let mul = _mm512_loadu_ps(q.mul.as_ptr().add(co0));
         let add = _mm512_loadu_ps(q.add.as_ptr().add(co0));
-        let mut v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), mul, add);
+        let (lim_lo, lim_hi) = (_mm512_set1_ps(-super::LIMIT), _mm512_set1_ps(super::LIMIT));
+        let clamp = |v: __m512| _mm512_min_ps(_mm512_max_ps(v, lim_lo), lim_hi);
+        let mut v = clamp(_mm512_fmadd_ps(_mm512_cvtepi32_ps(s), mul, add));
         if let Some(m) = &q.mid {
             let zm = _mm512_set1_epi32(m.zero_point as i32);
             let t = _mm512_add_epi32(_mm512_cvtps_epi32(v), zm);
@@ -452,7 +476,11 @@ mod x86 {
             let rp = m.residual.as_ptr().add(conv.output.at(oy, ox) + co0);
             let r = _mm512_cvtepu8_epi32(_mm_loadu_si128(rp as *const _));
             let r = _mm512_sub_epi32(r, _mm512_set1_epi32(m.residual_zero_point as i32));
-            v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(r), _mm512_set1_ps(m.residual_scale), tv);
+            v = clamp(_mm512_fmadd_ps(
+                _mm512_cvtepi32_ps(r),
+                _mm512_set1_ps(m.residual_scale),
+                tv,
+            ));
         }
         let lo = if q.relu { q.zero_point as i32 } else { 0 };
         let y = _mm512_add_epi32(
@@ -497,7 +525,9 @@ mod x86 {
             let co = co0 + 8 * h;
             let mul = _mm256_loadu_ps(q.mul.as_ptr().add(co));
             let add = _mm256_loadu_ps(q.add.as_ptr().add(co));
-            let mut v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[h]), mul, add);
+            let (lim_lo, lim_hi) = (_mm256_set1_ps(-super::LIMIT), _mm256_set1_ps(super::LIMIT));
+            let clamp = |v: __m256| _mm256_min_ps(_mm256_max_ps(v, lim_lo), lim_hi);
+            let mut v = clamp(_mm256_fmadd_ps(_mm256_cvtepi32_ps(s[h]), mul, add));
             if let Some(m) = &q.mid {
                 let zm = _mm256_set1_epi32(m.zero_point as i32);
                 let t = _mm256_add_epi32(_mm256_cvtps_epi32(v), zm);
@@ -509,7 +539,11 @@ mod x86 {
                 let rp = m.residual.as_ptr().add(conv.output.at(oy, ox) + co);
                 let r = _mm256_cvtepu8_epi32(_mm_loadl_epi64(rp as *const _));
                 let r = _mm256_sub_epi32(r, _mm256_set1_epi32(m.residual_zero_point as i32));
-                v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(r), _mm256_set1_ps(m.residual_scale), tv);
+                v = clamp(_mm256_fmadd_ps(
+                    _mm256_cvtepi32_ps(r),
+                    _mm256_set1_ps(m.residual_scale),
+                    tv,
+                ));
             }
             let y = _mm256_add_epi32(_mm256_cvtps_epi32(v), zp);
             out[h] = _mm256_min_epi32(_mm256_max_epi32(y, lo), top);
@@ -818,8 +852,49 @@ mod tests {
     }
 
     #[test]
+    fn out_of_range_values_saturate_alike_in_every_body() {
+        // Sums scaled far past i32 (and a NaN scale): every body gives the definition's bytes.
+        let (cin, cout, hw) = (16, 32, 4);
+        let mut rng = Lcg(99);
+        let w: Vec<i8> = (0..cout * cin * 9).map(|_| rng.next() as i8).collect();
+        let im = Map::new(hw, hw, cin);
+        let x = map(im, cin, 0, &mut rng, None);
+        let mut mul: Vec<f32> = (0..cout).map(|c| if c % 2 == 0 { 1e9 } else { -1e9 }).collect();
+        mul[5] = f32::NAN;
+        let add = vec![0f32; cout];
+        for relu in [false, true] {
+            let q = Requant {
+                mul: &mul,
+                add: &add,
+                zero_point: 9,
+                relu,
+                mid: None,
+            };
+            let probe = QConv::new(Int8Isa::Portable, &w, cin, cout, 3, 1, 1, [hw, hw]).unwrap();
+            let om = probe.output;
+            let want = reference(&w, [cin, cout, 3, 1, 1], &im, &x, 0, &om, &q);
+            assert!(want.iter().any(|&v| v == 255));
+            for isa in available() {
+                let c = QConv::new(isa, &w, cin, cout, 3, 1, 1, [hw, hw]).unwrap();
+                let mut y = vec![0u8; om.len()];
+                let len = om.h * om.row_len();
+                qconv_rows(&c, &x, &mut y[om.row_len()..om.row_len() + len], 0..om.h, &q);
+                for oy in 0..om.h {
+                    for ox in 0..om.w {
+                        let i = om.at(oy, ox);
+                        assert_eq!(y[i..i + cout], want[i..i + cout], "{isa} relu {relu}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn bad_geometry_is_refused() {
         assert!(QConv::new(Int8Isa::Portable, &[0; 10], 1, 1, 3, 1, 1, [4, 4]).is_err());
         assert!(QConv::new(Int8Isa::Portable, &[0; 25], 1, 1, 5, 1, 2, [8, 8]).is_err());
+        // Sums that could pass 32 bits.
+        let big = 65_794;
+        assert!(QConv::new(Int8Isa::Portable, &vec![0; big], big, 1, 1, 1, 0, [1, 1]).is_err());
     }
 }

@@ -8,7 +8,8 @@
 //!   QuantizeLinear`: a convolution with requantization (and ReLU) in its epilogue;
 //! - `DQ(a), DQ(b) → Add [→ Relu] → QuantizeLinear`, where `a` is a convolution's output read by
 //!   this `Add` only: fused into that convolution's epilogue, `a`'s own quantization included
-//!   (`sc_kernels::qconv::Mid`), so the graph's rounding is kept step for step;
+//!   (`sc_kernels::qconv::Mid`), so the graph's roundings are all kept (a value on a rounding
+//!   boundary may land one step away: the probe tolerance allows for it);
 //! - `DQ → ReduceMean over H, W` (or `GlobalAveragePool`) `[→ QuantizeLinear → DQ]`,
 //!   `Flatten`/`Reshape`, then `Gemm` with int8 or float weights: the head, in float.
 //!
@@ -153,6 +154,10 @@ struct Builder<'a> {
     writer: HashMap<usize, usize>,
     input_chw: [usize; 3],
     isa: Int8Isa,
+    /// Initializers' element types.
+    dtypes: HashMap<String, i32>,
+    /// Convolution outputs folded into a residual's step (no longer written).
+    fused: Vec<usize>,
 }
 
 fn scalar_f(c: &Const, what: &str) -> Result<f32, Unsupported> {
@@ -189,14 +194,19 @@ impl<'a> Builder<'a> {
     /// Quantization parameters of a `QuantizeLinear`/`DequantizeLinear` on activations.
     fn qparams(&self, node: &pb::NodeProto) -> Result<(f32, u8), Unsupported> {
         let what = format!("{} `{}`", node.op_type, node.name);
-        let s = scalar_f(self.konst(&node.input[1], node)?, &what)?;
+        let scale = node
+            .input
+            .get(1)
+            .ok_or_else(|| format!("{what}: no scale"))?;
+        let s = scalar_f(self.konst(scale, node)?, &what)?;
         let z = match node.input.get(2).filter(|z| !z.is_empty()) {
             Some(z) => {
-                let c = self.konst(z, node)?;
-                if !c.f.is_empty() {
-                    return Err(format!("{what}: a float zero point"));
+                // A zero point's type is the quantized type: only uint8 activations run here.
+                if self.dtypes.get(z.as_str()) != Some(&(pb::tensor_proto::DataType::Uint8 as i32))
+                {
+                    return Err(format!("{what}: activations not uint8"));
                 }
-                scalar_u8(c, &what)?
+                scalar_u8(self.konst(z, node)?, &what)?
             }
             None => return Err(format!("{what}: no zero point (int8 activations)")),
         };
@@ -282,7 +292,9 @@ impl<'a> Builder<'a> {
                         let ch = self.input_chw[0];
                         let per = match c.f.len() {
                             1 => vec![c.f[0]; ch],
-                            n if n == ch && c.dims.iter().filter(|&&d| d > 1).count() <= 1 => {
+                            n if n == ch
+                                && (c.dims[..] == [ch, 1, 1] || c.dims[..] == [1, ch, 1, 1]) =>
+                            {
                                 c.f.clone()
                             }
                             _ => return Err(format!("{}: not a per-channel constant", name())),
@@ -314,7 +326,7 @@ impl<'a> Builder<'a> {
                 let Val::Dq(x) = self.val(one(0), node)? else {
                     return Err(format!("{}: its input is not a dequantized map", name()));
                 };
-                let Some((wq, wd, ws, _)) = self.deq.get(one(1)).cloned() else {
+                let Some((wq, wd, ws, axis)) = self.deq.get(one(1)).cloned() else {
                     return Err(format!("{}: float weights (kept float)", name()));
                 };
                 let [cout, cin, kh, kw] = wd[..] else {
@@ -333,7 +345,9 @@ impl<'a> Builder<'a> {
                     || dil.iter().any(|&d| d != 1)
                     || strides.len() != 2
                     || strides[0] != strides[1]
+                    || strides[0] < 1
                     || pads.len() != 4
+                    || pads[0] < 0
                     || pads.iter().any(|&p| p != pads[0])
                     || !(auto.is_empty() || auto == "NOTSET")
                 {
@@ -354,7 +368,7 @@ impl<'a> Builder<'a> {
                 }
                 let w_scale = match ws.len() {
                     1 => vec![ws[0]; cout],
-                    n if n == cout => ws,
+                    n if n == cout && (axis[0] == 0 || axis[0] == -4) => ws,
                     _ => {
                         return Err(format!(
                             "{}: {} weight scales for {cout} channels",
@@ -365,9 +379,13 @@ impl<'a> Builder<'a> {
                 };
                 let bias = match node.input.get(2).filter(|b| !b.is_empty()) {
                     Some(b) => match (self.deq.get(b.as_str()), self.consts.get(b.as_str())) {
-                        (Some((bq, _, bs, _)), _) if bq.len() == cout => (0..cout)
-                            .map(|c| bq[c] as f32 * if bs.len() == 1 { bs[0] } else { bs[c] })
-                            .collect(),
+                        (Some((bq, _, bs, _)), _)
+                            if bq.len() == cout && (bs.len() == 1 || bs.len() == cout) =>
+                        {
+                            (0..cout)
+                                .map(|c| bq[c] as f32 * if bs.len() == 1 { bs[0] } else { bs[c] })
+                                .collect()
+                        }
                         (None, Some(c)) if c.f.len() == cout => c.f.clone(),
                         _ => return Err(format!("{}: bias of another shape", name())),
                     },
@@ -606,6 +624,12 @@ impl<'a> Builder<'a> {
         z: u8,
         node: &pb::NodeProto,
     ) -> Result<usize, Unsupported> {
+        if self.fused.contains(&a) || self.fused.contains(&b) {
+            return Err(format!(
+                "{} `{}`: a residual sum quantized twice",
+                node.op_type, node.name
+            ));
+        }
         for (c, r) in [(a, b), (b, a)] {
             let Some(&step) = self.writer.get(&c) else {
                 continue;
@@ -643,6 +667,7 @@ impl<'a> Builder<'a> {
             }
             self.steps.push(st);
             self.writer.remove(&c);
+            self.fused.push(c);
             for i in self.writer.values_mut() {
                 if *i > step {
                     *i -= 1;
@@ -677,6 +702,10 @@ impl QPlan {
             writer: HashMap::new(),
             input_chw: chw,
             isa,
+            dtypes: (g.initializer.iter())
+                .map(|t| (t.name.clone(), t.data_type))
+                .collect(),
+            fused: Vec::new(),
         };
         for t in &g.initializer {
             b.consts.insert(t.name.clone(), read_tensor(t)?);
@@ -710,8 +739,14 @@ impl QPlan {
             return Err("the input is not quantized first".into());
         }
         let classes = head.b.len();
+        if classes == 0 {
+            return Err("a classifier with no outputs".into());
+        }
         // A pooled feature off by one step moves logit j by |w[j][c]| times the step.
-        let step = head.pool.map_or(b.values[head.x].scale, |(s, _)| s);
+        // A step of the map moves the mean by at most one map step; the pooling's own grid
+        // (when there is one) rounds on top of that.
+        let map_step = b.values[head.x].scale;
+        let step = head.pool.map_or(map_step, |(s, _)| s.max(map_step));
         let worst = (0..classes)
             .map(|j| {
                 head.w[j * (head.w.len() / classes)..][..head.w.len() / classes]
