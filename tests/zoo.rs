@@ -89,3 +89,69 @@ fn zoo_models_answer_the_same_in_both_executors() {
         }
     }
 }
+
+/// The int8 files (`zoo/int8.json`, `zoo/INT8.md`, written by `scripts/zoo-int8.sh`): each is the
+/// file its index describes, made from a float model of the zoo, quoted in its card, and runs on
+/// the native int8 executor with tract's answers.
+#[test]
+fn zoo_int8_files_are_indexed_and_run_natively_with_tracts_answers() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("zoo");
+    let index: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("int8.json")).unwrap()).unwrap();
+    let card = std::fs::read_to_string(dir.join("INT8.md")).unwrap();
+    let (_, float_models) = zoo();
+    assert_eq!(
+        index.len(),
+        float_models.len(),
+        "one int8 file per float model"
+    );
+    let images: Vec<image::DynamicImage> = (0..4u32)
+        .map(|k| {
+            image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(32, 32, |x, y| {
+                let v = |a: u32, b: u32| ((a * x + b * y + 53 * k) % 256) as u8;
+                image::Rgb([v(5, 3), v(2, 7), v(9, 1 + k)])
+            }))
+        })
+        .collect();
+    for m in &index {
+        let file = m["file"].as_str().unwrap();
+        let from = m["from"].as_str().unwrap();
+        assert!(
+            float_models.iter().any(|f| f["file"] == from),
+            "{file}: from {from}?"
+        );
+        let bytes = std::fs::read(dir.join(file)).unwrap();
+        assert_eq!(bytes.len() as u64, m["bytes"].as_u64().unwrap(), "{file}");
+        assert_eq!(
+            format!("{:x}", Sha256::digest(&bytes)),
+            m["sha256"].as_str().unwrap(),
+            "{file}: not the file the index describes"
+        );
+        assert!(card.contains(file), "the card does not list {file}");
+        let acc = m["val_acc_int8"].as_f64().unwrap();
+        assert!(
+            card.contains(&format!("**{:.2} %**", 100.0 * acc)),
+            "the card does not quote {file}'s {acc}"
+        );
+        let native = Classifier::load(dir.join(file))
+            .unwrap()
+            .with_native()
+            .unwrap_or_else(|e| panic!("{file}: the native int8 executor refused it: {e}"));
+        assert!(native.executor().contains("int8"), "{}", native.executor());
+        let tract = Classifier::load(dir.join(file)).unwrap().with_tract();
+        let (a, b) = (
+            native.logits(&images).unwrap(),
+            tract.logits(&images).unwrap(),
+        );
+        let argmax = |v: &[f32]| (0..v.len()).max_by(|&i, &j| v[i].total_cmp(&v[j])).unwrap();
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            let scale = y.iter().fold(1f32, |s, v| s.max(v.abs()));
+            let d = x.iter().zip(y).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+            assert!(
+                d <= 0.05 * scale,
+                "{file}, image {i}: native {x:?} vs tract {y:?}"
+            );
+            assert_eq!(argmax(x), argmax(y), "{file}, image {i}");
+        }
+    }
+}
