@@ -859,7 +859,9 @@ mod tests {
         let w: Vec<i8> = (0..cout * cin * 9).map(|_| rng.next() as i8).collect();
         let im = Map::new(hw, hw, cin);
         let x = map(im, cin, 0, &mut rng, None);
-        let mut mul: Vec<f32> = (0..cout).map(|c| if c % 2 == 0 { 1e9 } else { -1e9 }).collect();
+        let mut mul: Vec<f32> = (0..cout)
+            .map(|c| if c % 2 == 0 { 1e9 } else { -1e9 })
+            .collect();
         mul[5] = f32::NAN;
         let add = vec![0f32; cout];
         for relu in [false, true] {
@@ -878,7 +880,13 @@ mod tests {
                 let c = QConv::new(isa, &w, cin, cout, 3, 1, 1, [hw, hw]).unwrap();
                 let mut y = vec![0u8; om.len()];
                 let len = om.h * om.row_len();
-                qconv_rows(&c, &x, &mut y[om.row_len()..om.row_len() + len], 0..om.h, &q);
+                qconv_rows(
+                    &c,
+                    &x,
+                    &mut y[om.row_len()..om.row_len() + len],
+                    0..om.h,
+                    &q,
+                );
                 for oy in 0..om.h {
                     for ox in 0..om.w {
                         let i = om.at(oy, ox);
