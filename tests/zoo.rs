@@ -16,20 +16,39 @@ fn zoo() -> (std::path::PathBuf, Vec<serde_json::Value>) {
     (dir, models)
 }
 
+/// Checks that the file index entry `m` names is in `dir` with the entry's size and SHA-256, and
+/// that `card` lists it; returns its name.
+fn is_indexed_file<'a>(dir: &Path, m: &'a serde_json::Value, card: &str) -> &'a str {
+    let file = m["file"].as_str().unwrap();
+    let bytes = std::fs::read(dir.join(file)).unwrap();
+    assert_eq!(bytes.len() as u64, m["bytes"].as_u64().unwrap(), "{file}");
+    assert_eq!(
+        format!("{:x}", Sha256::digest(&bytes)),
+        m["sha256"].as_str().unwrap(),
+        "{file}: not the file the index describes"
+    );
+    assert!(card.contains(file), "the card does not list {file}");
+    file
+}
+
+/// A few deterministic pictures: smooth colour fields with a little texture.
+fn pictures() -> Vec<image::DynamicImage> {
+    (0..4u32)
+        .map(|k| {
+            image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(32, 32, |x, y| {
+                let v = |a: u32, b: u32| ((a * x + b * y + 37 * k) % 256) as u8;
+                image::Rgb([v(3, 5), v(7, 2), v(1 + k, 9)])
+            }))
+        })
+        .collect()
+}
+
 #[test]
 fn every_zoo_model_is_the_file_its_index_and_card_describe() {
     let (dir, models) = zoo();
     let card = std::fs::read_to_string(dir.join("README.md")).unwrap();
     for m in &models {
-        let file = m["file"].as_str().unwrap();
-        let bytes = std::fs::read(dir.join(file)).unwrap();
-        assert_eq!(bytes.len() as u64, m["bytes"].as_u64().unwrap(), "{file}");
-        assert_eq!(
-            format!("{:x}", Sha256::digest(&bytes)),
-            m["sha256"].as_str().unwrap(),
-            "{file}: not the file the index describes"
-        );
-        assert!(card.contains(file), "the card does not list {file}");
+        let file = is_indexed_file(&dir, m, &card);
         let val = m["val_acc"].as_f64().unwrap();
         assert!(
             card.contains(&format!("{:.2} %", 100.0 * val)),
@@ -57,15 +76,7 @@ fn every_zoo_model_is_the_file_its_index_and_card_describe() {
 #[test]
 fn zoo_models_answer_the_same_in_both_executors() {
     let (dir, models) = zoo();
-    // A few deterministic pictures: smooth colour fields with a little texture.
-    let images: Vec<image::DynamicImage> = (0..4u32)
-        .map(|k| {
-            image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(32, 32, |x, y| {
-                let v = |a: u32, b: u32| ((a * x + b * y + 37 * k) % 256) as u8;
-                image::Rgb([v(3, 5), v(7, 2), v(1 + k, 9)])
-            }))
-        })
-        .collect();
+    let images = pictures();
     for m in &models {
         let file = m["file"].as_str().unwrap();
         let native = Classifier::load(dir.join(file))
@@ -105,29 +116,14 @@ fn zoo_int8_files_are_indexed_and_run_natively_with_tracts_answers() {
         float_models.len(),
         "one int8 file per float model"
     );
-    let images: Vec<image::DynamicImage> = (0..4u32)
-        .map(|k| {
-            image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(32, 32, |x, y| {
-                let v = |a: u32, b: u32| ((a * x + b * y + 53 * k) % 256) as u8;
-                image::Rgb([v(5, 3), v(2, 7), v(9, 1 + k)])
-            }))
-        })
-        .collect();
+    let images = pictures();
     for m in &index {
-        let file = m["file"].as_str().unwrap();
+        let file = is_indexed_file(&dir, m, &card);
         let from = m["from"].as_str().unwrap();
         assert!(
             float_models.iter().any(|f| f["file"] == from),
             "{file}: from {from}?"
         );
-        let bytes = std::fs::read(dir.join(file)).unwrap();
-        assert_eq!(bytes.len() as u64, m["bytes"].as_u64().unwrap(), "{file}");
-        assert_eq!(
-            format!("{:x}", Sha256::digest(&bytes)),
-            m["sha256"].as_str().unwrap(),
-            "{file}: not the file the index describes"
-        );
-        assert!(card.contains(file), "the card does not list {file}");
         let acc = m["val_acc_int8"].as_f64().unwrap();
         assert!(
             card.contains(&format!("**{:.2} %**", 100.0 * acc)),
