@@ -211,9 +211,11 @@ pub(crate) fn choose(
         return Executor::tract(format!("tract ({why})"));
     }
     let layout = pick_layout(&mut graph, plan, shape, &inputs);
-    let isa = match graph.blocked_form() {
-        Err(_) if layout.starts_with("flat layout (no blocked form: an int8") => graph.kernels(),
-        _ => format!("{}, {layout}", graph.kernels()),
+    // An int8 graph has one layout of its own: the kernels say all there is.
+    let isa = if graph.is_int8() {
+        graph.kernels()
+    } else {
+        format!("{}, {layout}", graph.kernels())
     };
     if preference == Preference::Native {
         return Executor::Native {

@@ -121,6 +121,11 @@ impl Graph {
         self.classes
     }
 
+    /// Whether the graph runs on the int8 executor.
+    pub fn is_int8(&self) -> bool {
+        self.int8.is_some()
+    }
+
     /// The kernels the graph runs on, in words (for the executor's reason).
     pub fn kernels(&self) -> String {
         match &self.int8 {
