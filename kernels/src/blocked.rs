@@ -27,17 +27,43 @@ use crate::scratch::SendPtr;
 /// Channels per block.
 pub const LANES: usize = 8;
 /// Most output pixels of a tile.
-const MAX_PIXELS: usize = 12;
+const MAX_PIXELS: usize = 16;
 
-/// A tile's output-channel blocks and pixels for `cob` output blocks: 2 x 6 with 16 ymm registers
-/// (12 accumulators); with 32 zmm registers, two blocks per vector, 4 x 6 (12 accumulators of two
-/// vectors) where there are 4 blocks or more, else 2 x 12. On ResNet-20's layers 4 x 6 measured
-/// 1.05-1.15x of 2 x 12 from 32 channels up, 0.77-0.86x at 16.
-fn geometry(isa: Isa, cob: usize) -> (usize, usize) {
-    match isa {
-        Isa::Avx512 if cob >= 4 => (4, 6),
-        Isa::Avx512 => (2, 12),
-        _ => (2, 6),
+/// How a convolution's output is cut into tiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Geometry {
+    /// Output-channel blocks per tile.
+    blocks: usize,
+    /// Output pixels per tile (consecutive in the flattened map).
+    pixels: usize,
+    /// Every tile's pixels lie in one output row (the row is a multiple of `pixels` long) and the
+    /// stride is 1 or 2: the tile addresses its pixels as fixed displacements from the first, so
+    /// no register holds a pixel's offset ([`avx512::row`]).
+    row: bool,
+}
+
+/// A tile's output-channel blocks and pixels for `cob` output blocks, output rows of `w` pixels
+/// and `stride`: 2 x 6 with 16 ymm registers (12 accumulators). With 32 zmm registers, two blocks
+/// per vector: where there are 4 blocks or more, 4 x 8 within a row (16 accumulators of two
+/// vectors) where rows are a multiple of 8 long, else 4 x 6; below 4 blocks, 2 x 16 within a row
+/// where rows are a multiple of 16 long, else 2 x 12. A row tile needs no register per pixel
+/// ([`Geometry::row`]). On ResNet-20's layers, one core of a Xeon (family 6 model 207): 16
+/// channels at 32 x 32, 2 x 16 in a row 145-152 GFLOP/s against 2 x 12's 52-67 (its 12 pixel
+/// offsets do not fit the general registers); from 32 channels up, 4 x 8 in a row 165-169
+/// against 4 x 6's 151-164 (`cargo bench -p sc-kernels --bench blocked`).
+fn geometry(isa: Isa, cob: usize, w: usize, stride: usize) -> Geometry {
+    let rows = |n: usize| w.is_multiple_of(n) && matches!(stride, 1 | 2);
+    let (blocks, pixels, row) = match isa {
+        Isa::Avx512 if cob >= 4 && rows(8) => (4, 8, true),
+        Isa::Avx512 if cob >= 4 => (4, 6, false),
+        Isa::Avx512 if rows(16) => (2, 16, true),
+        Isa::Avx512 => (2, 12, false),
+        _ => (2, 6, false),
+    };
+    Geometry {
+        blocks,
+        pixels,
+        row,
     }
 }
 
@@ -161,8 +187,13 @@ struct Offsets {
     at: Vec<[usize; 2]>,
 }
 
-/// Tasks per thread when a convolution's tiles are split over a team ([`Conv::forward`]).
-const TASKS_PER_THREAD: usize = 4;
+/// Tasks per thread when a convolution's tiles are split over a team ([`Conv::forward`]). With
+/// the row tiles, one (a contiguous half of the tiles each on 2 threads) measured 1.17-1.21x of
+/// 4 on ResNet-20 at batch 1 (medians of 12 interleaved rounds; 16 or one task per tile: 0.81x,
+/// shrinking chunks: 0.88x of one), and the same at batch 64; halves from which a thread that
+/// ends early steals tiles one by one measured the same as plain halves (0.99x, 20 rounds).
+/// Before the row tiles, 4 measured 1.08x of 1.
+const TASKS_PER_THREAD: usize = 1;
 
 /// The part of an output a tile writes: `NP` pixels of `OB` channel blocks.
 #[derive(Clone, Copy)]
@@ -280,8 +311,8 @@ impl Conv {
     /// Tiles per image of an output laid out as `yl`, on `isa`.
     fn tiles(&self, isa: Isa, yl: &Layout) -> usize {
         let cob = self.cout.div_ceil(LANES);
-        let (blocks, pixels) = geometry(isa, cob);
-        cob.div_ceil(blocks) * (yl.h * yl.w).div_ceil(pixels)
+        let g = geometry(isa, cob, yl.w, self.stride);
+        cob.div_ceil(g.blocks) * (yl.h * yl.w).div_ceil(g.pixels)
     }
 
     /// `y = act(conv(x) + bias + residual)` for `n` images laid out as `xl` and `yl` (`residual`
@@ -343,8 +374,9 @@ impl Conv {
         };
         match within {
             Some((threads, for_each)) => {
-                // Several tasks per thread, claimed as threads come free: a helper that wakes
-                // late, or tiles of unequal cost, then leave no thread waiting long at the join.
+                // One contiguous run of tiles per thread (claimed as threads come free, so a
+                // helper that wakes late leaves its run to the caller): each thread then reads
+                // only its own output blocks' filters and its own rows of the input.
                 let total = n * per;
                 let groups = (threads * TASKS_PER_THREAD).clamp(1, total.max(1));
                 let chunk = total.div_ceil(groups);
@@ -366,7 +398,8 @@ impl Conv {
         taps: &[usize],
         at: &[[usize; 2]],
     ) {
-        let (blocks, pixels) = geometry(isa, self.cout.div_ceil(LANES));
+        let g = geometry(isa, self.cout.div_ceil(LANES), yl.w, self.stride);
+        let (blocks, pixels) = (g.blocks, g.pixels);
         let npix = yl.h * yl.w;
         let pixel_tiles = npix.div_ceil(pixels);
         let (group, p0) = (t / pixel_tiles, (t % pixel_tiles) * pixels);
@@ -398,8 +431,17 @@ impl Conv {
             let pairs = nb / 2;
             if pairs > 0 {
                 // SAFETY: the CPU has AVX-512F (`forward_on` checked it), so `w16` was packed;
-                // offsets asserted above.
-                unsafe { avx512::dispatch(pairs, np, &tile, x, y, r, relu) };
+                // offsets asserted above. A row tile's pixels are `np` (= `pixels`) consecutive
+                // ones of one output row (`geometry`: the row is a multiple of `pixels` long),
+                // so its last pixel's offsets are the ones asserted.
+                unsafe {
+                    if g.row {
+                        debug_assert_eq!(np, pixels);
+                        avx512::row(pairs, np, self.stride, &tile, x, y, r, relu)
+                    } else {
+                        avx512::dispatch(pairs, np, &tile, x, y, r, relu)
+                    }
+                };
             }
             if nb % 2 == 1 {
                 // The odd block: the 8-lane tile, 6 pixels at a time.
@@ -591,7 +633,48 @@ mod avx2 {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{Tile, LANES};
+    use super::{Tile, LANES, MAX_PIXELS};
+
+    /// A tile's end: bias, residual and ReLU on the accumulators `$acc` (`[[__m512; OZ]; NP]`),
+    /// each vector stored as its two blocks' halves at the tile's output offsets.
+    ///
+    /// Each accumulator is taken by a constant index: a loop over them that LLVM leaves rolled
+    /// (it does from about 8 pixels up) indexes the array at run time, and the array then lives
+    /// in memory, stored after every product: 16 x 16 pixel tiles ran at 0.4x.
+    macro_rules! epilogue {
+        ($acc:ident, $t:ident, $y:ident, $r:ident, $relu:ident) => {{
+            let zero = _mm512_setzero_ps();
+            let finish = |i: usize, j: usize, a: __m512| {
+                let ob = $t.ob + 2 * j;
+                let lo = ob * $t.y_plane + $t.y_at[i];
+                let hi = lo + $t.y_plane;
+                let mut v =
+                    _mm512_add_ps(a, _mm512_loadu_ps($t.conv.bias.as_ptr().add(ob * LANES)));
+                if !$r.is_null() {
+                    v = _mm512_add_ps(v, load2($r.add(lo), $r.add(hi)));
+                }
+                if $relu {
+                    v = _mm512_max_ps(v, zero);
+                }
+                let v = _mm512_castps_pd(v);
+                _mm256_storeu_ps($y.add(lo), _mm256_castpd_ps(_mm512_castpd512_pd256(v)));
+                _mm256_storeu_ps($y.add(hi), _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(v)));
+            };
+            const { assert!(NP <= MAX_PIXELS) };
+            each!($acc, finish; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
+        }};
+    }
+
+    /// `f(i, j, acc[i][j])` for each `i` in the list that `acc` has, `i` a constant.
+    macro_rules! each {
+        ($acc:ident, $f:ident; $($i:literal)*) => {
+            $(if let Some(a) = $acc.get($i) {
+                for (j, &a) in a.iter().enumerate() {
+                    $f($i, j, a);
+                }
+            })*
+        };
+    }
 
     /// The tile of `pairs` pairs of blocks (1, or 2 with at most 6 pixels) and `np` pixels.
     ///
@@ -625,6 +708,100 @@ mod avx512 {
             }
         }
         go!(12 11 10 9 8 7 6 5 4 3 2 1)
+    }
+
+    /// The row tiles ([`super::Geometry::row`]): `pairs` pairs of blocks (1 or 2) by `np`
+    /// consecutive pixels of one output row (16 for one pair, 8 for two or one), at `stride` 1
+    /// or 2.
+    ///
+    /// # Safety
+    /// As [`tile`]; the tile's 16 pixels are consecutive in one output row.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn row(
+        pairs: usize,
+        np: usize,
+        stride: usize,
+        t: &Tile,
+        x: *const f32,
+        y: *mut f32,
+        r: *const f32,
+        relu: bool,
+    ) {
+        match (pairs, np, stride) {
+            (1, 16, 1) => row_tile::<1, 16, 1>(t, x, y, r, relu),
+            (1, 16, 2) => row_tile::<1, 16, 2>(t, x, y, r, relu),
+            (2, 8, 1) => row_tile::<2, 8, 1>(t, x, y, r, relu),
+            (2, 8, 2) => row_tile::<2, 8, 2>(t, x, y, r, relu),
+            (1, 8, 1) => row_tile::<1, 8, 1>(t, x, y, r, relu),
+            (1, 8, 2) => row_tile::<1, 8, 2>(t, x, y, r, relu),
+            _ => unreachable!("a row tile of {pairs} pairs by {np} pixels at stride {stride}"),
+        }
+    }
+
+    /// `OZ` vectors of 16 output channels by `NP` consecutive pixels of one output row, stride
+    /// `S`: pixel `i` reads the input `i · S` pixels after pixel 0 and writes the output `i`
+    /// after it, fixed displacements in the instructions.
+    ///
+    /// # Safety
+    /// As [`tile`]; the pixels are consecutive in one output row.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn row_tile<const OZ: usize, const NP: usize, const S: usize>(
+        t: &Tile,
+        x: *const f32,
+        y: *mut f32,
+        r: *const f32,
+        relu: bool,
+    ) {
+        let c = t.conv;
+        let cib = c.cin.div_ceil(LANES);
+        let wb = cib * c.k * c.k * LANES * 2 * LANES;
+        let mut acc = [[_mm512_setzero_ps(); OZ]; NP];
+        let mut w = c.w16.as_ptr().add(t.ob / 2 * wb);
+        let x0 = x.add(t.x_at[0]);
+        // One input channel `l` of one tap: OZ filter vectors against NP broadcasts.
+        macro_rules! step {
+            ($xo:expr, $l:expr) => {
+                let mut wv = [_mm512_setzero_ps(); OZ];
+                for (j, v) in wv.iter_mut().enumerate() {
+                    *v = _mm512_loadu_ps(w.add(j * wb + $l * 2 * LANES));
+                }
+                for i in 0..NP {
+                    let s = _mm512_set1_ps(*$xo.add(i * S * LANES + $l));
+                    for j in 0..OZ {
+                        acc[i][j] = _mm512_fmadd_ps(s, wv[j], acc[i][j]);
+                    }
+                }
+            };
+        }
+        // Whole input blocks with the channel loop written out (LLVM keeps the accumulators in
+        // registers only then), then the channels of a partial one.
+        for ib in 0..c.cin / LANES {
+            let xb = x0.add(ib * t.x_plane);
+            for &off in t.taps {
+                let xo = xb.add(off);
+                step!(xo, 0);
+                step!(xo, 1);
+                step!(xo, 2);
+                step!(xo, 3);
+                step!(xo, 4);
+                step!(xo, 5);
+                step!(xo, 6);
+                step!(xo, 7);
+                w = w.add(2 * LANES * LANES);
+            }
+        }
+        if c.cin % LANES != 0 {
+            let xb = x0.add((cib - 1) * t.x_plane);
+            for &off in t.taps {
+                let xo = xb.add(off);
+                for l in 0..c.cin % LANES {
+                    step!(xo, l);
+                }
+                w = w.add(2 * LANES * LANES);
+            }
+        }
+        epilogue!(acc, t, y, r, relu);
+        const { assert!(NP <= 16) };
     }
 
     /// Two 8-lane halves of a vector from two places.
@@ -684,24 +861,7 @@ mod avx512 {
         if c.cin % LANES != 0 {
             block!(cib - 1, c.cin % LANES);
         }
-        let zero = _mm512_setzero_ps();
-        for (i, a) in acc.iter().enumerate() {
-            for (j, &a) in a.iter().enumerate() {
-                let ob = t.ob + 2 * j;
-                let lo = ob * t.y_plane + t.y_at[i];
-                let hi = lo + t.y_plane;
-                let mut v = _mm512_add_ps(a, _mm512_loadu_ps(c.bias.as_ptr().add(ob * LANES)));
-                if !r.is_null() {
-                    v = _mm512_add_ps(v, load2(r.add(lo), r.add(hi)));
-                }
-                if relu {
-                    v = _mm512_max_ps(v, zero);
-                }
-                let v = _mm512_castps_pd(v);
-                _mm256_storeu_ps(y.add(lo), _mm256_castpd_ps(_mm512_castpd512_pd256(v)));
-                _mm256_storeu_ps(y.add(hi), _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(v)));
-            }
-        }
+        epilogue!(acc, t, y, r, relu);
     }
 }
 
@@ -788,6 +948,17 @@ mod tests {
             (1, 5, 6, 6, 8, 1, 2, 0),
             (2, 13, 7, 7, 11, 3, 1, 0),
             (1, 32, 4, 4, 64, 3, 1, 1),
+            // Row tiles (AVX-512, outputs a multiple of 16 wide): stride 1 and 2, ragged input
+            // channels, an odd output block, a 1x1 shortcut.
+            (2, 16, 3, 16, 16, 3, 1, 1),
+            (1, 5, 6, 32, 16, 3, 2, 1),
+            (2, 11, 4, 16, 24, 3, 1, 1),
+            (1, 16, 4, 32, 16, 1, 2, 0),
+            // 4 blocks x 8 pixels in a row: an odd block alone in the last group, a pair alone,
+            // stride 2, a 1x1 stride-2 shortcut.
+            (1, 16, 8, 8, 40, 3, 1, 1),
+            (2, 9, 6, 16, 48, 3, 2, 1),
+            (1, 16, 16, 16, 32, 1, 2, 0),
         ];
         for isa in crate::micro::available() {
             for &(n, cin, h, w, cout, k, s, p) in &shapes {
