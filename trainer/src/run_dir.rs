@@ -63,6 +63,10 @@ pub struct Summary {
     pub outcome: Outcome,
     pub iterations: usize,
     pub final_val_acc: Option<f64>,
+    /// The final weights' validation accuracy with horizontal-flip test-time augmentation
+    /// (absent in summaries written before it was measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_val_acc_flip: Option<f64>,
     pub final_val_loss: Option<f64>,
     pub best_val_acc: Option<f64>,
     pub test_acc: Option<f64>,

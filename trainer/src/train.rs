@@ -168,6 +168,48 @@ impl Net {
         }
         Ok((loss_sum, correct))
     }
+
+    /// The logits of pre-normalized images (`[n, c, h, w]`, flat) plus those of their
+    /// horizontal mirrors.
+    pub fn flip_logits(
+        &self,
+        x: &[f32],
+        (c, h, w): (usize, usize, usize),
+    ) -> anyhow::Result<Tensor> {
+        let b = x.len() / (c * h * w);
+        let mirror: Vec<f32> = x
+            .chunks_exact(w)
+            .flat_map(|r| r.iter().rev().copied())
+            .collect();
+        let xt = Tensor::from_slice(x, (b, c, h, w), &self.device)?;
+        let xm = Tensor::from_slice(&mirror, (b, c, h, w), &self.device)?;
+        Ok((self.model.forward_t(&xt, false)? + self.model.forward_t(&xm, false)?)?)
+    }
+
+    /// Accuracy with horizontal-flip test-time augmentation over pre-normalized images: each
+    /// image's logits and its mirror's, summed, then the top class (what `sc-runtime --tta flip`
+    /// does at deployment).
+    pub fn flip_accuracy(
+        &self,
+        images: &[f32],
+        labels: &[u32],
+        shape: (usize, usize, usize),
+        batch: usize,
+    ) -> anyhow::Result<f64> {
+        let per = shape.0 * shape.1 * shape.2;
+        let n = labels.len();
+        if n == 0 || batch == 0 {
+            return Ok(f64::NAN);
+        }
+        let mut correct = 0usize;
+        for start in (0..n).step_by(batch) {
+            let b = batch.min(n - start);
+            let logits = self.flip_logits(&images[start * per..(start + b) * per], shape)?;
+            let y = Tensor::from_slice(&labels[start..start + b], b, &self.device)?;
+            correct += count_correct(&logits, &y)?;
+        }
+        Ok(correct as f64 / n as f64)
+    }
 }
 
 /// Runs `f` with the weight average in the variables when there is one, then puts the weights
@@ -535,10 +577,17 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
         metrics.append(&MetricsRow::test(state.iteration, acc))?;
         metrics.flush()?;
     }
+    // The flip-TTA accuracy of the final weights (the recipe experiment's TTA row), on the
+    // process that writes the summary.
+    let mut final_val_acc_flip = None;
+    if outcome == Outcome::Finished && writer && !val_y.is_empty() {
+        final_val_acc_flip = Some(net.flip_accuracy(&val_x, &val_y, shape, cfg.eval_batch_size)?);
+    }
     let summary = Summary {
         outcome,
         iterations: state.iteration,
         final_val_acc: state.last_val_acc,
+        final_val_acc_flip,
         final_val_loss: state.last_val_loss,
         best_val_acc: state.best_val_acc,
         test_acc,
@@ -886,4 +935,80 @@ fn progress_bar(enabled: bool, total: usize, pos: usize) -> indicatif::ProgressB
     );
     bar.set_position(pos as u64);
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn images(n: usize, (c, h, w): (usize, usize, usize), seed: u64) -> Vec<f32> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..n * c * h * w)
+            .map(|_| rng.gen_range(-2.0..2.0))
+            .collect()
+    }
+
+    fn mirrored(x: &[f32], w: usize) -> Vec<f32> {
+        x.chunks_exact(w)
+            .flat_map(|r| r.iter().rev().copied())
+            .collect()
+    }
+
+    /// Flip TTA sums an image's logits and its horizontal mirror's: the same accuracy on the
+    /// mirrored images, and on images that are their own mirror, the plain accuracy.
+    #[test]
+    fn flip_accuracy_is_mirror_symmetric_and_plain_on_symmetric_images() {
+        let shape = (3, 8, 8);
+        let arch = ArchConfig::resnet(8, 3, 8, 8, 10).unwrap();
+        let net = Net::new(&arch, 3, &Device::Cpu).unwrap();
+        let n = 40;
+        let x = images(n, shape, 1);
+        let labels: Vec<u32> = (0..n as u32).map(|i| i % 10).collect();
+        let logits = |x: &[f32]| {
+            let t = Tensor::from_slice(x, (n, 3, 8, 8), &Device::Cpu).unwrap();
+            net.model.forward_t(&t, false).unwrap()
+        };
+        // Labels the plain model gets right for half the images, so accuracies differ from 0.
+        let pred: Vec<u32> = logits(&x).argmax(1).unwrap().to_vec1().unwrap();
+        let labels: Vec<u32> = labels
+            .iter()
+            .zip(&pred)
+            .enumerate()
+            .map(|(i, (&l, &p))| if i % 2 == 0 { p } else { l })
+            .collect();
+        // The mirror is the horizontal one: the sum equals the model's logits on the image plus
+        // those on an independently mirrored copy (a random net is not mirror-invariant).
+        let sum = (logits(&x) + logits(&mirrored(&x, 8))).unwrap();
+        let got = net.flip_logits(&x, shape).unwrap();
+        let diff: f32 = (sum - got)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(diff < 1e-4, "flip logits differ by {diff}");
+        let a = net.flip_accuracy(&x, &labels, shape, 16).unwrap();
+        let b = net
+            .flip_accuracy(&mirrored(&x, 8), &labels, shape, 7)
+            .unwrap();
+        assert_eq!(a, b);
+        // Symmetric images: each row is its own mirror.
+        let sym: Vec<f32> = x
+            .chunks_exact(8)
+            .flat_map(|r| {
+                let half = &r[..4];
+                half.iter()
+                    .chain(half.iter().rev())
+                    .copied()
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let (_, plain) = net.evaluate(&sym, &labels, shape, 16).unwrap();
+        let flip = net.flip_accuracy(&sym, &labels, shape, 16).unwrap();
+        assert_eq!(flip, plain);
+        assert!(plain > 0.0, "the labels should not all be wrong");
+    }
 }

@@ -440,3 +440,110 @@ fn the_zoo_is_for_the_budget_experiment() {
     let e = reproduce(&p).unwrap_err().to_string();
     assert!(e.contains("--zoo is for the budget experiment"), "{e}");
 }
+
+/// The recipe experiment at the tiny scale: the pieces, then the stack (the pieces that gained),
+/// its max-LR and weight-decay searches, the final runs, a report after each; a second call
+/// trains nothing more.
+#[test]
+fn tiny_recipe_runs_every_stage_and_reports() {
+    use sc_trainer::reproduce::recipe;
+    let (tmp, data) = tiny_data(5);
+    let p = plan("recipe", &data, tmp.path());
+    assert!(reproduce(&p).unwrap().is_none());
+    let scale = recipe::load().unwrap().scale["tiny"].clone();
+    let runs = recipe::plan_runs(&scale, &p).unwrap();
+    // Every stage was planned, and every run ended.
+    for stage in [
+        recipe::Stage::Piece,
+        recipe::Stage::MaxLr,
+        recipe::Stage::WeightDecay,
+        recipe::Stage::Final,
+    ] {
+        assert!(runs.iter().any(|r| r.stage == stage), "{stage:?}");
+    }
+    assert!(
+        runs.iter()
+            .all(|r| recipe::accuracy(&r.run.dir).is_some()
+                || r.run.dir.join("summary.json").exists())
+    );
+    // Finished runs measured their flip-TTA accuracy.
+    assert!(runs
+        .iter()
+        .filter_map(|r| recipe::accuracy(&r.run.dir))
+        .all(|(_, flip)| flip.is_some_and(|f| (0.0..=1.0).contains(&f))));
+    // The stack is the pieces with a positive mean gain: its runs' configs say so.
+    let gains = recipe::gains(&scale, &runs).unwrap();
+    let stack = runs
+        .iter()
+        .find(|r| r.stage == recipe::Stage::Final)
+        .unwrap();
+    let smoothing = gains[0].1 > 0.0;
+    let zero_gamma = gains[1].1 > 0.0;
+    assert_eq!(
+        stack.run.config.label_smoothing > 0.0,
+        smoothing,
+        "{gains:?}"
+    );
+    assert_eq!(
+        stack.run.config.model.zero_init_residual, zero_gamma,
+        "{gains:?}"
+    );
+    // The final runs: 2 seeds at 1 epoch, 2 at the short budget of 2.
+    let finals: Vec<_> = runs
+        .iter()
+        .filter(|r| r.stage == recipe::Stage::Final)
+        .collect();
+    assert_eq!(finals.len(), 4);
+    assert_eq!(finals.iter().filter(|r| r.epochs == 2.0).count(), 2);
+    let md = std::fs::read_to_string(p.out.join("report.md")).unwrap();
+    for want in [
+        "label smoothing 0.1",
+        "zero-init residual gamma",
+        "The final stack",
+        "## Target",
+    ] {
+        assert!(md.contains(want), "report lacks {want}:\n{md}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(p.out.join("report.json")).unwrap()).unwrap();
+    assert!(json
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["unfinished"] == 0));
+    // Again: nothing left to train, the same runs.
+    let before: Vec<_> = runs
+        .iter()
+        .map(|r| {
+            std::fs::metadata(r.run.dir.join("summary.json"))
+                .unwrap()
+                .modified()
+                .unwrap()
+        })
+        .collect();
+    assert!(reproduce(&p).unwrap().is_none());
+    let after: Vec<_> = runs
+        .iter()
+        .map(|r| {
+            std::fs::metadata(r.run.dir.join("summary.json"))
+                .unwrap()
+                .modified()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(before, after);
+}
+
+/// The recipe's stages depend on each other: it refuses to be sharded.
+#[test]
+fn the_recipe_refuses_shards() {
+    use sc_trainer::reproduce::{reproduce_share, shard::Share};
+    let (tmp, data) = tiny_data(6);
+    let p = plan("recipe", &data, tmp.path());
+    let share = Share::Shard { index: 1, count: 2 };
+    let err = reproduce_share(&p, &share).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("depend on each other"),
+        "{err:#}"
+    );
+}

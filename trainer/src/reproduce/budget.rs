@@ -1220,6 +1220,7 @@ mod tests {
             },
             iterations: 1,
             final_val_acc: acc,
+            final_val_acc_flip: None,
             final_val_loss: acc.map(|_| 1.0),
             best_val_acc: acc,
             test_acc: None,

@@ -4,6 +4,7 @@
 
 pub mod budget;
 pub mod preset;
+pub mod recipe;
 mod report;
 pub mod shard;
 pub mod zoo;
@@ -43,15 +44,22 @@ pub struct ReproducePlan {
     pub zoo_force: bool,
 }
 
-/// Every experiment `reproduce` knows: the presets, then `budget` (its own format and report).
+/// Every experiment `reproduce` knows: the presets, then `budget` and `recipe` (each with its
+/// own format, stages and report).
 pub fn experiments() -> Vec<&'static str> {
-    PRESETS.iter().map(|p| p.0).chain(["budget"]).collect()
+    PRESETS
+        .iter()
+        .map(|p| p.0)
+        .chain(["budget", "recipe"])
+        .collect()
 }
 
 /// Checks that an experiment exists (and its preset parses).
 pub fn check_experiment(experiment: &str) -> anyhow::Result<()> {
     if experiment == "budget" {
         budget::load().map(|_| ())
+    } else if experiment == "recipe" {
+        recipe::load().map(|_| ())
     } else {
         load(experiment).map(|_| ())
     }
@@ -110,8 +118,21 @@ pub fn reproduce_share(
              its runs depend on each other: run it on one machine, without --shard or --report"
         );
     }
+    if plan.experiment == "recipe" && *share != shard::Share::All {
+        anyhow::bail!(
+            "the recipe experiment chooses its stack, max LR and weight decay from its earlier \
+             runs, so its runs depend on each other: run it on one machine, without --shard or \
+             --report"
+        );
+    }
     if plan.experiment == "budget" {
         return budget::reproduce(plan);
+    }
+    if plan.experiment == "recipe" {
+        if plan.zoo.is_some() {
+            anyhow::bail!("--zoo is for the budget experiment, not for recipe");
+        }
+        return recipe::reproduce(plan);
     }
     if plan.zoo.is_some() {
         anyhow::bail!(

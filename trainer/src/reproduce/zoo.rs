@@ -506,6 +506,7 @@ mod tests {
             outcome: Outcome::Finished,
             iterations: 10,
             final_val_acc: Some(acc),
+            final_val_acc_flip: None,
             final_val_loss: Some(1.0),
             best_val_acc: Some(acc),
             test_acc: None,
