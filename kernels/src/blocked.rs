@@ -377,8 +377,16 @@ impl Conv {
                 // One contiguous run of tiles per thread (claimed as threads come free, so a
                 // helper that wakes late leaves its run to the caller): each thread then reads
                 // only its own output blocks' filters and its own rows of the input.
+                // With two images or more per thread, one task per image instead: claimed one
+                // at a time, they balance a core slowed by a neighbour, and a thread still runs
+                // whole images.
                 let total = n * per;
-                let groups = (threads * TASKS_PER_THREAD).clamp(1, total.max(1));
+                let groups = if n >= 2 * threads {
+                    n
+                } else {
+                    threads * TASKS_PER_THREAD
+                };
+                let groups = groups.clamp(1, total.max(1));
                 let chunk = total.div_ceil(groups);
                 for_each(groups, &|g| run(g * chunk..((g + 1) * chunk).min(total)));
             }
