@@ -47,10 +47,10 @@ struct Geometry {
 /// per vector: where there are 4 blocks or more, 4 x 8 within a row (16 accumulators of two
 /// vectors) where rows are a multiple of 8 long, else 4 x 6; below 4 blocks, 2 x 16 within a row
 /// where rows are a multiple of 16 long, else 2 x 12. A row tile needs no register per pixel
-/// ([`Geometry::row`]). On ResNet-20's layers, one core of a Xeon (family 6 model 207): 16
-/// channels at 32 x 32, 2 x 16 in a row 145-152 GFLOP/s against 2 x 12's 52-67 (its 12 pixel
-/// offsets do not fit the general registers); from 32 channels up, 4 x 8 in a row 165-169
-/// against 4 x 6's 151-164 (`cargo bench -p sc-kernels --bench blocked`).
+/// ([`Geometry::row`]). On ResNet-20's layers, one core of a Xeon (family 6 model 207), old and new
+/// alternating in one run (`cargo bench -p sc-kernels --bench blocked`): 16 channels at 32 x 32,
+/// 2 x 16 in a row 151 GFLOP/s against 2 x 12's 131; the stem (3 -> 16) 104 against 83; from 32
+/// channels up, 4 x 8 in a row 162-169 against 4 x 6's 156-165.
 fn geometry(isa: Isa, cob: usize, w: usize, stride: usize) -> Geometry {
     let rows = |n: usize| w.is_multiple_of(n) && matches!(stride, 1 | 2);
     let (blocks, pixels, row) = match isa {
@@ -648,7 +648,8 @@ mod avx512 {
     ///
     /// Each accumulator is taken by a constant index: a loop over them that LLVM leaves rolled
     /// (it does from about 8 pixels up) indexes the array at run time, and the array then lives
-    /// in memory, stored after every product: 16 x 16 pixel tiles ran at 0.4x.
+    /// in memory, stored after every product: the 1 x 16 row tile, written
+    /// that way first, ran at 0.4x of this (58 against 151 GFLOP/s).
     macro_rules! epilogue {
         ($acc:ident, $t:ident, $y:ident, $r:ident, $relu:ident) => {{
             let zero = _mm512_setzero_ps();
