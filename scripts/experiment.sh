@@ -57,6 +57,8 @@ case "${2:-status}" in
     done
     for d in "$runs"/*/; do
       ck=${d}checkpoint.safetensors
+      # The previous checkpoint is a fallback while a run writes; a commit needs only the last.
+      git rm -q --cached --ignore-unmatch "${d}checkpoint.prev.safetensors"
       if grep -qE '"outcome": "(finished|diverged)"' "${d}summary.json" 2>/dev/null; then
         # Ended: its checkpoint is not needed to go on.
         git rm -q --cached --ignore-unmatch "$ck"
