@@ -512,26 +512,19 @@ fn tiny_recipe_runs_every_stage_and_reports() {
         .iter()
         .all(|r| r["unfinished"] == 0));
     // Again: nothing left to train, the same runs.
-    let before: Vec<_> = runs
-        .iter()
-        .map(|r| {
-            std::fs::metadata(r.run.dir.join("summary.json"))
-                .unwrap()
-                .modified()
-                .unwrap()
-        })
-        .collect();
+    let stamps = || -> Vec<_> {
+        runs.iter()
+            .map(|r| {
+                std::fs::metadata(r.run.dir.join("summary.json"))
+                    .unwrap()
+                    .modified()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let before = stamps();
     assert!(reproduce(&p).unwrap().is_none());
-    let after: Vec<_> = runs
-        .iter()
-        .map(|r| {
-            std::fs::metadata(r.run.dir.join("summary.json"))
-                .unwrap()
-                .modified()
-                .unwrap()
-        })
-        .collect();
-    assert_eq!(before, after);
+    assert_eq!(before, stamps());
 }
 
 /// The recipe's stages depend on each other: it refuses to be sharded.

@@ -30,7 +30,7 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-use super::preset::{layered, run_dir, stretch, PlannedRun, Role};
+use super::preset::{layered, run_dir, set_max_lr, stretch, PlannedRun, Role};
 use super::report::{compare, Stat};
 use super::ReproducePlan;
 use crate::config::TrainConfig;
@@ -159,19 +159,7 @@ fn config(
     let mut c = layered(&scale.base, &s.set, fixed, seed, &plan.device, &plan.data)
         .with_context(|| format!("preset budget / {}: invalid config", s.label))?;
     if let Some(m) = max_lr {
-        let crate::schedule::Schedule::OneCycle(oc) = &mut c.schedule else {
-            bail!(
-                "preset budget / {}: max_lrs are for one-cycle schedules",
-                s.label
-            );
-        };
-        // The cycle keeps its shape: min and final LR scale with the max.
-        let f = m / oc.max_lr;
-        if f != 1.0 {
-            oc.min_lr *= f;
-            oc.final_lr = oc.final_lr.map(|x| x * f);
-            oc.max_lr = m;
-        }
+        set_max_lr(&mut c, m).with_context(|| format!("preset budget / {}: max_lrs", s.label))?;
     }
     if plan.budget != 1.0 {
         stretch(&mut c, plan.budget)?;

@@ -121,6 +121,21 @@ pub(crate) fn layered(
     toml::Value::Table(t).try_into()
 }
 
+/// Sets a one-cycle schedule's max LR; the cycle keeps its shape (min and final LR scale with
+/// the max). An error for other schedules.
+pub(crate) fn set_max_lr(c: &mut TrainConfig, max_lr: f64) -> anyhow::Result<()> {
+    let Schedule::OneCycle(oc) = &mut c.schedule else {
+        bail!("a max LR is for one-cycle schedules");
+    };
+    let f = max_lr / oc.max_lr;
+    if f != 1.0 {
+        oc.min_lr *= f;
+        oc.final_lr = oc.final_lr.map(|x| x * f);
+        oc.max_lr = max_lr;
+    }
+    Ok(())
+}
+
 /// FNV-1a, stable across platforms and Rust versions (run directory names must not change).
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {

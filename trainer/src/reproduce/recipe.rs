@@ -25,7 +25,7 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-use super::preset::{layered, merge, run_dir, stretch, PlannedRun, Role};
+use super::preset::{layered, merge, run_dir, set_max_lr, stretch, PlannedRun, Role};
 use super::report::Stat;
 use super::ReproducePlan;
 use crate::config::TrainConfig;
@@ -142,16 +142,7 @@ fn config(
     let mut c = layered(&scale.base, &set, fixed, seed, &plan.device, &plan.data)
         .context("preset recipe: invalid config")?;
     if let Some(m) = max_lr {
-        let crate::schedule::Schedule::OneCycle(oc) = &mut c.schedule else {
-            bail!("preset recipe: the base must be a one-cycle schedule to search its max LR");
-        };
-        // The cycle keeps its shape: min and final LR scale with the max.
-        let f = m / oc.max_lr;
-        if f != 1.0 {
-            oc.min_lr *= f;
-            oc.final_lr = oc.final_lr.map(|x| x * f);
-            oc.max_lr = m;
-        }
+        set_max_lr(&mut c, m).context("preset recipe: the base's max LR")?;
     }
     if plan.budget != 1.0 {
         stretch(&mut c, plan.budget)?;
