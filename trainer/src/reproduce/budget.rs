@@ -30,7 +30,7 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-use super::preset::{layered, run_dir, set_max_lr, stretch, PlannedRun, Role};
+use super::preset::{layered, run_dir, scale_of, set_max_lr, stretch, PlannedRun, Role};
 use super::report::{compare, Stat};
 use super::ReproducePlan;
 use crate::config::TrainConfig;
@@ -429,13 +429,7 @@ fn status(dir: &Path) -> &'static str {
 /// Runs the experiment as far as it goes (or lists it), then writes the report.
 pub fn reproduce(plan: &ReproducePlan) -> anyhow::Result<Option<super::report::Report>> {
     let preset = load()?;
-    let scale = preset.scale.get(&plan.scale).ok_or_else(|| {
-        anyhow::anyhow!(
-            "experiment budget has no scale '{}': expected one of {}",
-            plan.scale,
-            preset.scale.keys().cloned().collect::<Vec<_>>().join(", ")
-        )
-    })?;
+    let scale = scale_of("budget", &preset.scale, &plan.scale)?;
     if plan.seeds == 0 {
         bail!("--seeds must be at least 1");
     }

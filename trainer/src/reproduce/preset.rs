@@ -121,6 +121,20 @@ pub(crate) fn layered(
     toml::Value::Table(t).try_into()
 }
 
+/// An experiment's settings at `scale`, or an error listing the scales it has.
+pub(crate) fn scale_of<'a, T>(
+    experiment: &str,
+    scales: &'a BTreeMap<String, T>,
+    scale: &str,
+) -> anyhow::Result<&'a T> {
+    scales.get(scale).ok_or_else(|| {
+        anyhow::anyhow!(
+            "experiment {experiment} has no scale '{scale}': expected one of {}",
+            scales.keys().cloned().collect::<Vec<_>>().join(", ")
+        )
+    })
+}
+
 /// Sets a one-cycle schedule's max LR; the cycle keeps its shape (min and final LR scale with
 /// the max). An error for other schedules.
 pub(crate) fn set_max_lr(c: &mut TrainConfig, max_lr: f64) -> anyhow::Result<()> {
@@ -247,13 +261,7 @@ pub fn expand(
     device: &str,
     runs_root: &Path,
 ) -> anyhow::Result<(ScalePreset, Vec<PlannedRun>)> {
-    let sp = preset.scale.get(scale).ok_or_else(|| {
-        anyhow::anyhow!(
-            "experiment {} has no scale '{scale}': expected one of {}",
-            preset.experiment,
-            preset.scale.keys().cloned().collect::<Vec<_>>().join(", ")
-        )
-    })?;
+    let sp = scale_of(&preset.experiment, &preset.scale, scale)?;
     if seeds == 0 {
         bail!("--seeds must be at least 1");
     }

@@ -25,7 +25,7 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-use super::preset::{layered, merge, run_dir, set_max_lr, stretch, PlannedRun, Role};
+use super::preset::{layered, merge, run_dir, scale_of, set_max_lr, stretch, PlannedRun, Role};
 use super::report::Stat;
 use super::ReproducePlan;
 use crate::config::TrainConfig;
@@ -370,13 +370,7 @@ fn next_run(runs: &[RecipeRun]) -> Option<&RecipeRun> {
 /// report after every run, so that a session that stops early leaves one.
 pub fn reproduce(plan: &ReproducePlan) -> anyhow::Result<Option<super::report::Report>> {
     let preset = load()?;
-    let scale = preset.scale.get(&plan.scale).ok_or_else(|| {
-        anyhow::anyhow!(
-            "experiment recipe has no scale '{}': expected one of {}",
-            plan.scale,
-            preset.scale.keys().cloned().collect::<Vec<_>>().join(", ")
-        )
-    })?;
+    let scale = scale_of("recipe", &preset.scale, &plan.scale)?;
     eprintln!(
         "{} ({} scale). Budget: {}",
         preset.title, plan.scale, scale.budget
