@@ -2,8 +2,9 @@
 # A long `reproduce` experiment at the cpu scale, kept where it survives a change of machine: its
 # runs are in experiments/NAME-cpu/runs (committed: results, and the checkpoints of unfinished
 # runs), its report in experiments/NAME-cpu/report. A fresh clone resumes it where the last commit
-# left it. NAME: budget (docs/REPRODUCTION.md, "Accuracy against budget"; its models go to zoo/)
-# or recipe (the short-budget recipe, piece by piece; docs/RECIPE.md).
+# left it. NAME: budget (docs/REPRODUCTION.md, "Accuracy against budget"; its models go to zoo/),
+# recipe (the short-budget recipe, piece by piece; docs/RECIPE.md) or claims (one cycle against a
+# step schedule by batch, training-set size and depth; docs/REPRODUCTION.md).
 #
 #   scripts/experiment.sh NAME start    build, then run (or resume) it in the background;
 #                                       log: runs/NAME-experiment.log
@@ -19,7 +20,7 @@ cd "$(dirname "$0")/.."
 name=${1:-}
 case "$name" in
   budget) zoo=(--zoo zoo) ;;
-  recipe) zoo=() ;;
+  recipe|claims) zoo=() ;;
   *) sed -n 2,14p "$0" >&2; exit 2 ;;
 esac
 root=experiments/$name-cpu
@@ -33,6 +34,13 @@ running() { pgrep -f "sc-trainer reproduce $name.*--runs $runs" || true; }
 case "${2:-status}" in
   start)
     if [ -n "$(running)" ]; then echo "already running: pid $(running)"; exit 0; fi
+    # Two experiments on one machine share its cores and both take twice as long.
+    other=$(pgrep -af "sc-trainer reproduce " | grep -v -- "--dry-run" || true)
+    if [ -n "$other" ] && [ -z "${FORCE:-}" ]; then
+      echo "another experiment is running on this machine; stop it first (or FORCE=1 to share the cores):" >&2
+      echo "$other" >&2
+      exit 1
+    fi
     cargo build --release -p sc-trainer
     # The data is there and readable (a clear error here, not in the log).
     "$bin" "${args[@]}" --data "$data" --dry-run >/dev/null

@@ -251,10 +251,12 @@ pub fn accuracy_plot(path: &Path, title: &str, series: &[Series]) -> anyhow::Res
     Ok(())
 }
 
-/// One budget of one schedule for [`budget_plot`]: accuracies are fractions.
+/// One point of a [`means_plot`] line (a schedule at one budget, an arm at one training-set
+/// size): accuracies are fractions.
 #[derive(Debug, Clone)]
-pub struct BudgetPoint {
-    pub epochs: f64,
+pub struct MeanPoint {
+    /// Where it sits on the (log) x axis: epochs, training images.
+    pub x: f64,
     /// Over the finished seeds.
     pub mean: f64,
     pub std: f64,
@@ -262,32 +264,33 @@ pub struct BudgetPoint {
     pub seeds: Vec<f64>,
 }
 
-/// One schedule's points for [`budget_plot`]: its label and its budgets.
-pub type BudgetSeries = (String, Vec<BudgetPoint>);
+/// One line of a [`means_plot`]: its label and its points.
+pub type MeanSeries = (String, Vec<MeanPoint>);
 
-/// Every budget of the series, once, in order: the x axis labels them.
-fn budgets(series: &[BudgetSeries]) -> Vec<f64> {
+/// Every x of the series, once, in order: the x axis labels them.
+fn key_points(series: &[MeanSeries]) -> Vec<f64> {
     let mut e: Vec<f64> = series
         .iter()
-        .flat_map(|s| s.1.iter().map(|p| p.epochs))
+        .flat_map(|s| s.1.iter().map(|p| p.x))
         .collect();
     e.sort_by(f64::total_cmp);
     e.dedup();
     e
 }
 
-/// Final validation accuracy against the training budget (epochs, log axis), one line per
-/// schedule through the mean of each budget (a filled point, and a ± std bar when seeds differ),
-/// every seed's own result as a small open mark where a budget has several, and the target as a
-/// horizontal line.
-pub fn budget_plot(
+/// Final validation accuracy against `x_desc` (training epochs, training images: a log axis
+/// labelled at every point's x), one line per series through the mean of each point (a filled
+/// point, and a ± std bar when seeds differ), every seed's own result as a small open mark where
+/// a point has several, and the target as a horizontal line.
+pub fn means_plot(
     path: &Path,
     title: &str,
-    series: &[BudgetSeries],
+    x_desc: &str,
+    series: &[MeanSeries],
     target: Option<(f64, &str)>,
 ) -> anyhow::Result<()> {
     let pts = || series.iter().flat_map(|s| s.1.iter());
-    let (e0, e1) = span(pts().map(|p| p.epochs));
+    let (e0, e1) = span(pts().map(|p| p.x));
     let (a0, a1) = span(
         pts()
             .flat_map(|p| [p.mean - p.std, p.mean + p.std])
@@ -307,13 +310,13 @@ pub fn budget_plot(
         .x_label_area_size(45)
         .y_label_area_size(60)
         .build_cartesian_2d(
-            (x0..x1).log_scale().with_key_points(budgets(series)),
+            (x0..x1).log_scale().with_key_points(key_points(series)),
             y0..y1,
         )
         .map_err(err)?;
     chart
         .configure_mesh()
-        .x_desc("training epochs (log scale)")
+        .x_desc(format!("{x_desc} (log scale)"))
         .y_desc("final validation accuracy")
         .x_label_formatter(&|x| format!("{x:.0}"))
         .y_label_formatter(&|y| format!("{:.0}%", y * 100.0))
@@ -335,31 +338,27 @@ pub fn budget_plot(
         let c = COLORS[i % COLORS.len()];
         chart
             .draw_series(LineSeries::new(
-                p.iter().map(|q| (q.epochs, q.mean)),
+                p.iter().map(|q| (q.x, q.mean)),
                 c.stroke_width(2),
             ))
             .map_err(err)?
             .label(label.clone())
             .legend(move |(a, b)| PathElement::new(vec![(a, b), (a + 20, b)], c));
         chart
-            .draw_series(
-                p.iter()
-                    .map(|q| Circle::new((q.epochs, q.mean), 4, c.filled())),
-            )
+            .draw_series(p.iter().map(|q| Circle::new((q.x, q.mean), 4, c.filled())))
             .map_err(err)?;
         chart
-            .draw_series(p.iter().filter(|q| q.std > 0.0).map(|q| {
-                PathElement::new(
-                    vec![(q.epochs, q.mean - q.std), (q.epochs, q.mean + q.std)],
-                    c,
-                )
-            }))
+            .draw_series(
+                p.iter().filter(|q| q.std > 0.0).map(|q| {
+                    PathElement::new(vec![(q.x, q.mean - q.std), (q.x, q.mean + q.std)], c)
+                }),
+            )
             .map_err(err)?;
         chart
             .draw_series(
                 p.iter()
                     .filter(|q| q.seeds.len() > 1)
-                    .flat_map(|q| q.seeds.iter().map(move |&a| (q.epochs, a)))
+                    .flat_map(|q| q.seeds.iter().map(move |&a| (q.x, a)))
                     .map(|(e, a)| Circle::new((e, a), 4, c.stroke_width(2))),
             )
             .map_err(err)?;
@@ -377,10 +376,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_budget_plot_marks_every_seed_beside_the_mean() {
+    fn the_means_plot_marks_every_seed_beside_the_mean() {
         let dir = tempfile::tempdir().unwrap();
-        let point = |epochs: f64, mean: f64, seeds: Vec<f64>| BudgetPoint {
-            epochs,
+        let point = |x: f64, mean: f64, seeds: Vec<f64>| MeanPoint {
+            x,
             mean,
             std: 0.002,
             seeds,
@@ -398,7 +397,14 @@ mod tests {
                 ),
             ];
             let path = dir.path().join(name);
-            budget_plot(&path, "t", &series, Some((0.85, "target"))).unwrap();
+            means_plot(
+                &path,
+                "t",
+                "training epochs",
+                &series,
+                Some((0.85, "target")),
+            )
+            .unwrap();
             let img = image::open(&path).unwrap().to_rgb8();
             assert_eq!(img.dimensions(), SIZE);
             img

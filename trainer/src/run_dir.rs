@@ -275,6 +275,19 @@ pub fn read_summary(dir: &Path) -> Option<Summary> {
     serde_json::from_str(&text).ok()
 }
 
+/// Whether a run has its result: finished, or diverged (a result too, with no accuracy).
+pub fn ended(dir: &Path) -> bool {
+    read_summary(dir).is_some_and(|s| matches!(s.outcome, Outcome::Finished | Outcome::Diverged))
+}
+
+/// A finished run's final validation accuracy (None: unfinished, diverged, or not validated).
+pub fn final_val_acc(dir: &Path) -> Option<f64> {
+    let s = read_summary(dir)?;
+    (s.outcome == Outcome::Finished)
+        .then_some(s.final_val_acc)
+        .flatten()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -394,9 +394,29 @@ pub struct Piecewise {
     /// when 0, so configs and run names from before the option stay the same.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub warmup_iterations: usize,
-    /// The LR of the warm-up (He et al.: 0.01 for ResNet-110).
+    /// The LR of the warm-up (He et al.: 0.01 for ResNet-110), or where a linear one starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warmup_lr: Option<f64>,
+    /// `constant`: `warmup_lr` throughout (He et al.); `linear`: from `warmup_lr` up to `lr`
+    /// (Goyal et al. 2017's gradual warm-up for large batches). Left out of a serialized config
+    /// when constant.
+    #[serde(default, skip_serializing_if = "WarmupShape::is_constant")]
+    pub warmup_shape: WarmupShape,
+}
+
+/// How a piecewise schedule's warm-up moves ([`Piecewise::warmup_shape`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum WarmupShape {
+    #[default]
+    Constant,
+    Linear,
+}
+
+impl WarmupShape {
+    pub fn is_constant(&self) -> bool {
+        *self == WarmupShape::Constant
+    }
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -412,6 +432,7 @@ impl Default for Piecewise {
             gamma: 0.1,
             warmup_iterations: 0,
             warmup_lr: None,
+            warmup_shape: WarmupShape::Constant,
         }
     }
 }
@@ -421,10 +442,14 @@ field_defaults!(piecewise_defaults for Piecewise { gamma: f64 });
 impl Piecewise {
     pub fn at(&self, iteration: usize, _total: usize) -> Point {
         if iteration < self.warmup_iterations {
-            return Point {
-                lr: self.warmup_lr.unwrap_or(self.lr),
-                momentum: None,
+            let from = self.warmup_lr.unwrap_or(self.lr);
+            let lr = match self.warmup_shape {
+                WarmupShape::Constant => from,
+                WarmupShape::Linear => {
+                    from + (self.lr - from) * iteration as f64 / self.warmup_iterations as f64
+                }
             };
+            return Point { lr, momentum: None };
         }
         let k = self.milestones.iter().filter(|&&m| iteration >= m).count();
         Point {
@@ -475,10 +500,14 @@ impl Piecewise {
             gamma,
             warmup_iterations,
             warmup_lr,
+            warmup_shape,
         } = self;
-        let warmup = match warmup_lr {
-            Some(w) if *warmup_iterations > 0 => {
+        let warmup = match (warmup_lr, warmup_shape) {
+            (Some(w), WarmupShape::Constant) if *warmup_iterations > 0 => {
                 format!(" after {warmup_iterations} warm-up iterations at {w}")
+            }
+            (Some(w), WarmupShape::Linear) if *warmup_iterations > 0 => {
+                format!(" after a linear warm-up from {w} over {warmup_iterations} iterations")
             }
             _ => String::new(),
         };
@@ -746,6 +775,42 @@ mod tests {
                 ..Piecewise::default()
             })
         );
+    }
+
+    #[test]
+    fn a_linear_warm_up_climbs_from_its_start_to_the_lr() {
+        // Goyal et al.: batch 1024 starts at the batch-128 LR (0.1) and climbs to 0.8.
+        let p = Schedule::Piecewise(Piecewise {
+            lr: 0.8,
+            warmup_iterations: 200,
+            warmup_lr: Some(0.1),
+            warmup_shape: WarmupShape::Linear,
+            ..Piecewise::default()
+        })
+        .for_run(1200)
+        .unwrap();
+        assert!(close(p.at(0, 1200).lr, 0.1));
+        assert!(close(p.at(100, 1200).lr, 0.45));
+        assert!(close(p.at(199, 1200).lr, 0.1 + 0.7 * 199.0 / 200.0));
+        assert!(close(p.at(200, 1200).lr, 0.8));
+        assert!(close(p.at(600, 1200).lr, 0.08));
+        assert!(
+            p.describe().contains("linear warm-up from 0.1 over 200"),
+            "{}",
+            p.describe()
+        );
+        let back: Schedule = toml::from_str(
+            "kind = \"piecewise\"\nlr = 0.8\nmilestones = []\nwarmup_iterations = 200\nwarmup_lr = 0.1\nwarmup_shape = \"linear\"",
+        )
+        .unwrap();
+        let Schedule::Piecewise(b) = back else {
+            panic!("{back:?}")
+        };
+        assert_eq!(b.warmup_shape, WarmupShape::Linear);
+        assert!(toml::from_str::<Schedule>(
+            "kind = \"piecewise\"\nlr = 0.8\nmilestones = []\nwarmup_shape = \"cosine\""
+        )
+        .is_err());
     }
 
     #[test]

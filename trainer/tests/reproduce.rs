@@ -34,6 +34,18 @@ fn plan(exp: &str, data: &std::path::Path, root: &std::path::Path) -> ReproduceP
     }
 }
 
+/// When each run's summary was last written (a run trained again would rewrite it).
+fn summary_stamps(dirs: &[std::path::PathBuf]) -> Vec<std::time::SystemTime> {
+    dirs.iter()
+        .map(|d| {
+            std::fs::metadata(d.join("summary.json"))
+                .unwrap()
+                .modified()
+                .unwrap()
+        })
+        .collect()
+}
+
 /// A scratch directory with 240 generated 12x12 images of 4 classes in `d/`.
 fn tiny_data(seed: u64) -> (tempfile::TempDir, std::path::PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
@@ -512,19 +524,10 @@ fn tiny_recipe_runs_every_stage_and_reports() {
         .iter()
         .all(|r| r["unfinished"] == 0));
     // Again: nothing left to train, the same runs.
-    let stamps = || -> Vec<_> {
-        runs.iter()
-            .map(|r| {
-                std::fs::metadata(r.run.dir.join("summary.json"))
-                    .unwrap()
-                    .modified()
-                    .unwrap()
-            })
-            .collect()
-    };
-    let before = stamps();
+    let dirs: Vec<_> = runs.iter().map(|r| r.run.dir.clone()).collect();
+    let before = summary_stamps(&dirs);
     assert!(reproduce(&p).unwrap().is_none());
-    assert_eq!(before, stamps());
+    assert_eq!(before, summary_stamps(&dirs));
 }
 
 /// The recipe's stages depend on each other: it refuses to be sharded.
@@ -539,4 +542,164 @@ fn the_recipe_refuses_shards() {
         format!("{err:#}").contains("depend on each other"),
         "{err:#}"
     );
+}
+
+/// The claims experiment at the tiny scale: every cell searches its own LR (bracketed) and weight
+/// decay on seed 0, then trains its other seeds; the depth cells take their arm's first choice;
+/// the step arm warms up linearly above the LR batch; the report has every gap and finding; a
+/// second call trains nothing more.
+#[test]
+fn tiny_claims_chooses_per_cell_then_reports_the_gaps() {
+    use sc_trainer::reproduce::claims;
+    use sc_trainer::schedule::{Schedule, WarmupShape};
+    let (tmp, data) = tiny_data(7);
+    let p = plan("claims", &data, tmp.path());
+    assert!(reproduce(&p).unwrap().is_none());
+    let scale = claims::load().unwrap().scale["tiny"].clone();
+    let cells = claims::cells(&scale).unwrap();
+    assert_eq!(cells.len(), 2 * 2 * 2 + 2);
+    let runs = claims::plan_runs(&scale, &p).unwrap();
+    assert!(runs.iter().all(|r| r.run.dir.join("summary.json").exists()));
+    let acc = |r: &claims::ClaimsRun| claims::accuracy(&r.run.dir);
+    for (k, cell) in cells.iter().enumerate() {
+        let mine: Vec<_> = runs.iter().filter(|r| r.cell == k).collect();
+        assert!(!mine.is_empty(), "cell {k} {cell:?}");
+        let last = mine.last().unwrap();
+        for r in &mine {
+            let c = &r.run.config;
+            assert_eq!(c.batch_size, cell.batch);
+            assert_eq!(c.model.name, cell.model);
+            let want_size = (cell.images != scale.all_images).then_some(cell.images);
+            assert_eq!(c.data.train_size, want_size, "cell {k}");
+            match &c.schedule {
+                Schedule::Piecewise(s) if cell.batch > scale.lr_batch => {
+                    assert_eq!(s.warmup_shape, WarmupShape::Linear);
+                    let start = s.warmup_lr.unwrap();
+                    assert!(
+                        (start * cell.batch as f64 / scale.lr_batch as f64 - s.lr).abs() < 1e-12
+                    );
+                    assert!(s.warmup_iterations > 0);
+                }
+                Schedule::Piecewise(s) => assert_eq!(s.warmup_iterations, 0),
+                Schedule::OneCycle(s) => assert_eq!(s.max_lr, r.lr),
+                other => panic!("{other:?}"),
+            }
+        }
+        if cell.depth {
+            // The arm's choice at its first cell.
+            let first = runs
+                .iter()
+                .filter(|r| r.cell == cell.arm && r.stage == claims::Stage::Seeds)
+                .map(|r| (r.lr, r.weight_decay))
+                .next()
+                .unwrap();
+            assert!(mine.iter().all(|r| (r.lr, r.weight_decay) == first));
+            assert_eq!(mine.len() as u64, scale.depth.seeds);
+            continue;
+        }
+        // The chosen LR is the best of the search, which has a worse neighbour on each side
+        // unless it stepped as far as it may.
+        let lr_runs: Vec<_> = mine
+            .iter()
+            .filter(|r| r.stage == claims::Stage::Lr)
+            .collect();
+        let best = lr_runs
+            .iter()
+            .filter(|r| acc(r).is_some())
+            .fold(None::<&&&claims::ClaimsRun>, |b, r| match b {
+                Some(x) if acc(x) >= acc(r) => Some(x),
+                _ => Some(r),
+            })
+            .unwrap();
+        assert_eq!(
+            last.lr,
+            best.lr,
+            "cell {k}: {:?}",
+            lr_runs.iter().map(|r| (r.lr, acc(r))).collect::<Vec<_>>()
+        );
+        let base = scale.arms[cell.arm].lrs.len();
+        assert!(lr_runs.len() >= base && lr_runs.len() <= base + 3);
+        // The other seeds train the chosen config.
+        let seeds: Vec<_> = mine
+            .iter()
+            .filter(|r| r.stage == claims::Stage::Seeds)
+            .collect();
+        assert_eq!(seeds.len() as u64, scale.seeds - 1);
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(p.out.join("report.json")).unwrap()).unwrap();
+    assert!(json["gaps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|g| !g["gap"].is_null()));
+    assert!(json["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["runs_left"] == 0));
+    let findings = json["findings"].as_array().unwrap();
+    assert!(findings.len() >= 6);
+    assert!(
+        findings.iter().all(|f| f["verdict"] != "not measured yet"),
+        "{findings:?}"
+    );
+    let md = std::fs::read_to_string(p.out.join("report.md")).unwrap();
+    for want in [
+        "claim 3 at batch 16",
+        "claim 4, resnet14",
+        "The paper's numbers",
+        "92.4",
+        "accuracy-vs-train-size.png",
+    ] {
+        assert!(md.contains(want), "report lacks {want}:\n{md}");
+    }
+    assert!(p.out.join("accuracy-vs-train-size.png").exists());
+    // Again: nothing left to train.
+    let dirs: Vec<_> = runs.iter().map(|r| r.run.dir.clone()).collect();
+    let before = summary_stamps(&dirs);
+    assert!(reproduce(&p).unwrap().is_none());
+    assert_eq!(before, summary_stamps(&dirs));
+}
+
+/// Claims shards by cell: two workers, one after the other, train disjoint cells and together
+/// finish the grid (with two shards, each arm's depth cell is in the shard of its first cell).
+#[test]
+fn claims_shards_by_cell() {
+    use sc_trainer::reproduce::{claims, reproduce_share, shard::Share};
+    let (tmp, data) = tiny_data(8);
+    let p = plan("claims", &data, tmp.path());
+    let scale = claims::load().unwrap().scale["tiny"].clone();
+    let cells = claims::cells(&scale).unwrap();
+    reproduce_share(&p, &Share::Shard { index: 1, count: 2 }).unwrap();
+    let runs = claims::plan_runs(&scale, &p).unwrap();
+    let ended = |r: &claims::ClaimsRun| r.run.dir.join("summary.json").exists();
+    for r in &runs {
+        assert_eq!(
+            ended(r),
+            r.cell % 2 == 1,
+            "cell {} {:?}",
+            r.cell,
+            cells[r.cell]
+        );
+    }
+    // The report so far: the step arm's cells only.
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(p.out.join("report.json")).unwrap()).unwrap();
+    assert!(json["gaps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|g| g["gap"].is_null()));
+    reproduce_share(&p, &Share::Shard { index: 0, count: 2 }).unwrap();
+    let runs = claims::plan_runs(&scale, &p).unwrap();
+    assert!(runs.iter().all(ended));
+    assert!(runs.iter().any(|r| r.cell == cells.len() - 2));
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(p.out.join("report.json")).unwrap()).unwrap();
+    assert!(json["gaps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|g| !g["gap"].is_null()));
 }

@@ -32,9 +32,10 @@ use serde::{Deserialize, Serialize};
 
 use super::preset::{layered, run_dir, scale_of, set_max_lr, stretch, PlannedRun, Role};
 use super::report::{compare, Stat};
+use super::search;
 use super::ReproducePlan;
 use crate::config::TrainConfig;
-use crate::run_dir::{read_summary, Outcome};
+use crate::run_dir::{ended as finished, final_val_acc as final_acc, read_summary, Outcome};
 
 /// The preset, compiled in.
 pub const PRESET: &str = include_str!("../../presets/budget.toml");
@@ -193,7 +194,7 @@ fn planned(
 }
 
 /// How many times a max-LR search may step past the edge of its candidates.
-pub const MAX_LR_STEPS: usize = 3;
+pub const MAX_LR_STEPS: usize = search::MAX_STEPS;
 
 /// The max-LR runs of the schedules that list candidates. Once every candidate of a schedule has
 /// finished and the best is the lowest (or the highest) of them, the search steps a factor of 2
@@ -224,29 +225,13 @@ pub fn lr_tuning_runs(scale: &BudgetScale, plan: &ReproducePlan) -> anyhow::Resu
     Ok(out)
 }
 
-/// The next max LR to try when the best finished one is the lowest or the highest tried (None:
-/// the best has a worse neighbour on each side, or nothing finished with an accuracy).
+/// The next max LR to try ([`search::past_edge`] over the finished candidates).
 fn past_edge(runs: &[BudgetRun]) -> Option<f64> {
-    let tried: Vec<(f64, Option<f64>, String)> = runs
+    let tried: Vec<(f64, Option<f64>)> = runs
         .iter()
-        .map(|r| {
-            (
-                r.max_lr.unwrap_or(0.0),
-                final_acc(&r.run.dir),
-                String::new(),
-            )
-        })
+        .map(|r| (r.max_lr.unwrap_or(0.0), final_acc(&r.run.dir)))
         .collect();
-    let best = choose(&tried)?;
-    let lo = tried.iter().map(|t| t.0).fold(f64::INFINITY, f64::min);
-    let hi = tried.iter().map(|t| t.0).fold(f64::NEG_INFINITY, f64::max);
-    if best == lo {
-        Some(lo / 2.0)
-    } else if best == hi {
-        Some(hi * 2.0)
-    } else {
-        None
-    }
+    search::past_edge(&tried)
 }
 
 /// A schedule's max LR: `Ok(None)` keeps the preset's, `Err(())` while its tuning is pending.
@@ -277,18 +262,6 @@ pub fn tuning_runs(
         }
     }
     Ok(out)
-}
-
-/// The final validation accuracy of a finished run (None: unfinished, or diverged).
-fn final_acc(dir: &Path) -> Option<f64> {
-    let s = read_summary(dir)?;
-    (s.outcome == Outcome::Finished)
-        .then_some(s.final_val_acc)
-        .flatten()
-}
-
-fn finished(dir: &Path) -> bool {
-    read_summary(dir).is_some_and(|s| matches!(s.outcome, Outcome::Finished | Outcome::Diverged))
 }
 
 /// Each schedule's weight decay, from the tuning runs as far as they have finished.
@@ -342,17 +315,9 @@ fn choices(
         .collect()
 }
 
-/// The candidate with the best accuracy (the first of equals); None when none finished.
+/// The candidate with the best accuracy ([`search::best`]).
 fn choose(tried: &[(f64, Option<f64>, String)]) -> Option<f64> {
-    let mut best: Option<(f64, f64)> = None;
-    for (wd, acc, _) in tried {
-        if let Some(a) = acc {
-            if best.is_none_or(|(_, b)| *a > b) {
-                best = Some((*wd, *a));
-            }
-        }
-    }
-    best.map(|b| b.0)
+    search::best(tried.iter().map(|t| (t.0, t.1)))
 }
 
 /// The grid for the chosen weight decays (schedules not yet tuned are left out): the headline
@@ -903,7 +868,7 @@ fn build_report(
     let sp = speedups(scale, &pts);
     let verdicts = verdicts(scale, &pts, &sp);
     let mut plots = Vec::new();
-    let series: Vec<crate::plot::BudgetSeries> = scale
+    let series: Vec<crate::plot::MeanSeries> = scale
         .schedules
         .iter()
         .map(|s| {
@@ -912,8 +877,8 @@ fn build_report(
                 pts.iter()
                     .filter(|p| p.schedule == s.label)
                     .filter_map(|p| {
-                        p.val_acc.as_ref().map(|a| crate::plot::BudgetPoint {
-                            epochs: p.epochs,
+                        p.val_acc.as_ref().map(|a| crate::plot::MeanPoint {
+                            x: p.epochs,
                             mean: a.mean,
                             std: a.std,
                             seeds: p.accuracies.clone(),
@@ -924,9 +889,10 @@ fn build_report(
         })
         .collect();
     if series.iter().any(|s| !s.1.is_empty()) {
-        match crate::plot::budget_plot(
+        match crate::plot::means_plot(
             &plan.out.join("accuracy-vs-epochs.png"),
             &format!("{} ({} scale)", preset.title, plan.scale),
+            "training epochs",
             &series,
             Some((scale.target / 100.0, scale.target_source.as_str())),
         ) {
@@ -1603,24 +1569,5 @@ mod tests {
         // 1cycle 0.6 points ahead: beyond 2 SE the other way.
         let (v, d) = headline(sc30, pc60.map(|x| x - 0.0127));
         assert_eq!(v, "holds", "{d}");
-    }
-
-    #[test]
-    fn the_best_candidate_wins_and_unfinished_ones_do_not() {
-        let t = |v: &[(f64, Option<f64>)]| {
-            v.iter()
-                .map(|(w, a)| (*w, *a, String::new()))
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(
-            choose(&t(&[(1e-4, Some(0.90)), (5e-4, Some(0.91))])),
-            Some(5e-4)
-        );
-        assert_eq!(
-            choose(&t(&[(1e-4, Some(0.90)), (5e-4, Some(0.90))])),
-            Some(1e-4)
-        );
-        assert_eq!(choose(&t(&[(1e-4, Some(0.90)), (5e-4, None)])), Some(1e-4));
-        assert_eq!(choose(&t(&[(1e-4, None)])), None);
     }
 }

@@ -3,9 +3,11 @@
 //! plots that put our numbers beside the paper's, with a verdict per claim.
 
 pub mod budget;
+pub mod claims;
 pub mod preset;
 pub mod recipe;
 mod report;
+pub mod search;
 pub mod shard;
 pub mod zoo;
 
@@ -44,13 +46,13 @@ pub struct ReproducePlan {
     pub zoo_force: bool,
 }
 
-/// Every experiment `reproduce` knows: the presets, then `budget` and `recipe` (each with its
-/// own format, stages and report).
+/// Every experiment `reproduce` knows: the presets, then `budget`, `recipe` and `claims` (each
+/// with its own format, stages and report).
 pub fn experiments() -> Vec<&'static str> {
     PRESETS
         .iter()
         .map(|p| p.0)
-        .chain(["budget", "recipe"])
+        .chain(["budget", "recipe", "claims"])
         .collect()
 }
 
@@ -60,6 +62,8 @@ pub fn check_experiment(experiment: &str) -> anyhow::Result<()> {
         budget::load().map(|_| ())
     } else if experiment == "recipe" {
         recipe::load().map(|_| ())
+    } else if experiment == "claims" {
+        claims::load().map(|_| ())
     } else {
         load(experiment).map(|_| ())
     }
@@ -127,6 +131,12 @@ pub fn reproduce_share(
     }
     if plan.experiment == "budget" {
         return budget::reproduce(plan);
+    }
+    if plan.experiment == "claims" {
+        if plan.zoo.is_some() {
+            anyhow::bail!("--zoo is for the budget experiment, not for claims");
+        }
+        return claims::reproduce(plan, share);
     }
     if plan.experiment == "recipe" {
         if plan.zoo.is_some() {

@@ -29,7 +29,7 @@ use super::preset::{layered, merge, run_dir, scale_of, set_max_lr, stretch, Plan
 use super::report::Stat;
 use super::ReproducePlan;
 use crate::config::TrainConfig;
-use crate::run_dir::{read_summary, Outcome};
+use crate::run_dir::{ended, read_summary, Outcome};
 
 /// The preset, compiled in.
 pub const PRESET: &str = include_str!("../../presets/recipe.toml");
@@ -208,25 +208,16 @@ pub fn accuracy(dir: &Path) -> Option<(f64, Option<f64>)> {
     }
 }
 
-/// Ended: finished or diverged (a diverged run is a result, with no accuracy).
-fn ended(dir: &Path) -> bool {
-    read_summary(dir).is_some_and(|s| matches!(s.outcome, Outcome::Finished | Outcome::Diverged))
-}
-
-/// The best candidate by final validation accuracy (ties: the first); None until all ended.
+/// The best candidate by final validation accuracy ([`super::search::best`]); None until all
+/// ended.
 fn choose(runs: &[&RecipeRun], value: impl Fn(&RecipeRun) -> f64) -> Option<f64> {
     if runs.is_empty() || !runs.iter().all(|r| ended(&r.run.dir)) {
         return None;
     }
-    let mut best: Option<(f64, f64)> = None;
-    for r in runs {
-        if let Some((a, _)) = accuracy(&r.run.dir) {
-            if best.is_none_or(|(b, _)| a > b) {
-                best = Some((a, value(r)));
-            }
-        }
-    }
-    best.map(|(_, v)| v)
+    super::search::best(
+        runs.iter()
+            .map(|r| (value(r), accuracy(&r.run.dir).map(|a| a.0))),
+    )
 }
 
 /// Mean gain of each piece over the baseline (fractions); None until all of stage 1 ended.

@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 
 use super::PlannedRun;
-use crate::run_dir::Outcome;
 
 /// The `reproduce` flags for clusters.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -144,13 +143,34 @@ impl Share {
     pub fn select<'a>(&self, runs: &'a [PlannedRun]) -> Vec<&'a PlannedRun> {
         match self {
             Share::All => runs.iter().collect(),
-            Share::Shard { index, count } => runs
+            Share::Shard { .. } => runs
                 .iter()
                 .enumerate()
-                .filter(|(k, _)| k % count == *index)
+                .filter(|(k, _)| self.owns(*k))
                 .map(|(_, r)| r)
                 .collect(),
             Share::ReportOnly => Vec::new(),
+        }
+    }
+
+    /// Whether unit `k` of a plan (a run, or a cell of `claims`) is this worker's.
+    pub fn owns(&self, k: usize) -> bool {
+        match self {
+            Share::All => true,
+            Share::Shard { index, count } => k % count == *index,
+            Share::ReportOnly => false,
+        }
+    }
+
+    /// [`Share::describe`] for an experiment sharded by cell.
+    pub fn describe_cells(&self, cells: usize) -> String {
+        match self {
+            Share::All => format!("all {cells} cells"),
+            Share::Shard { index, count } => format!(
+                "shard {index}/{count}: {} of the {cells} cells",
+                (0..cells).filter(|k| k % count == *index).count()
+            ),
+            Share::ReportOnly => "no cells (--report)".into(),
         }
     }
 
@@ -174,8 +194,7 @@ pub struct Claim {
 
 /// Whether a run has its result (a diverged run is a result too).
 fn finished(r: &PlannedRun) -> bool {
-    crate::run_dir::read_summary(&r.dir)
-        .is_some_and(|s| matches!(s.outcome, Outcome::Finished | Outcome::Diverged))
+    crate::run_dir::ended(&r.dir)
 }
 
 /// Trains this worker's share of `runs` with `train`, each run claimed first (a run another live
@@ -238,7 +257,7 @@ pub fn train_share(
 }
 
 /// Waits for, and holds, the lock of a report directory (`OUT/.report.lock`).
-fn report_lock(out: &Path) -> anyhow::Result<File> {
+pub(super) fn report_lock(out: &Path) -> anyhow::Result<File> {
     let path = out.join(".report.lock");
     let file = OpenOptions::new()
         .write(true)
