@@ -4,6 +4,7 @@
 //! executor). Neither framework is a dependency here.
 //!
 //! - [`micro`]: the register-blocked tiles (AVX-512, AVX2+FMA or portable, detected at run time).
+//! - [`bf16`]: the same tile in bf16 pairs with f32 sums (AVX512_BF16), for bf16 training.
 //! - [`conv`]: NCHW convolution forward, input gradient and weight gradient.
 //! - [`blocked`]: inference convolutions in the channel-blocked (NCHWc) layout.
 //! - [`bn`], [`elementwise`]: BatchNorm (training and inference form) fused with ReLU and the
@@ -12,6 +13,7 @@
 //! - [`par`], [`scratch`]: parallel loops over images (rayon's global pool) and per-thread
 //!   reusable buffers.
 
+pub mod bf16;
 pub mod blocked;
 pub mod bn;
 pub mod conv;
