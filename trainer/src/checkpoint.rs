@@ -29,6 +29,10 @@ pub struct TrainState {
     pub best_val_acc: Option<f64>,
     /// Seconds spent training before this checkpoint (all sessions).
     pub elapsed_s: f64,
+    /// Of those, the seconds spent evaluating on the validation split (absent in checkpoints
+    /// from before it was kept: 0).
+    #[serde(default)]
+    pub eval_s: f64,
 }
 
 /// Saves a checkpoint in `dir`.

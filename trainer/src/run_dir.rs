@@ -106,6 +106,9 @@ pub struct MetricsRow {
     pub test_acc: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_acc: Option<f64>,
+    /// Validations: the training seconds so far, evaluations left out (all sessions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_s: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_acc: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -141,6 +144,19 @@ impl MetricsRow {
             val_loss: Some(val_loss),
             val_acc: Some(val_acc),
             ..MetricsRow::default()
+        }
+    }
+
+    /// [`MetricsRow::validation`] with the training seconds so far (evaluations left out).
+    pub fn timed_validation(
+        iter: usize,
+        lr: f64,
+        (val_loss, val_acc): (f64, f64),
+        train_s: f64,
+    ) -> MetricsRow {
+        MetricsRow {
+            train_s: Some(train_s),
+            ..MetricsRow::validation(iter, lr, val_loss, val_acc)
         }
     }
 
@@ -309,6 +325,10 @@ mod tests {
         assert_eq!(
             line(&MetricsRow::validation(5, 0.164, 1.52, 0.55)),
             "{\"iter\":5,\"lr\":0.164,\"val_acc\":0.55,\"val_loss\":1.52}\n"
+        );
+        assert_eq!(
+            line(&MetricsRow::timed_validation(5, 0.164, (1.52, 0.55), 12.5)),
+            "{\"iter\":5,\"lr\":0.164,\"train_s\":12.5,\"val_acc\":0.55,\"val_loss\":1.52}\n"
         );
         assert_eq!(
             line(&MetricsRow::divergence(4, 6e8, f64::NAN)),

@@ -509,11 +509,19 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
 
         // Validation, when due.
         if cadence.validates(done) && !val_y.is_empty() {
+            let te = Instant::now();
             let (vl, va) = with_average(average.as_ref(), &vars, || {
                 par.evaluate(&net, &val_x, &val_y, shape, cfg.eval_batch_size)
             })?;
+            state.eval_s += te.elapsed().as_secs_f64();
             record_validation(&mut state, vl, va);
-            metrics.append(&MetricsRow::validation(done, point.lr, vl, va))?;
+            let train_s = clock.elapsed_s() - state.eval_s;
+            metrics.append(&MetricsRow::timed_validation(
+                done,
+                point.lr,
+                (vl, va),
+                train_s,
+            ))?;
             if let Some(m) = guard.check_val_loss(done, point.lr, vl) {
                 (outcome, message) = (Outcome::Diverged, Some(m));
                 break;

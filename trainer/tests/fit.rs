@@ -105,6 +105,23 @@ fn same_seed_same_metrics_and_resume_is_exact() {
         learning_curve(&c),
         "resumed run differs"
     );
+    // Every validation carries the training seconds so far, evaluations left out: rising across
+    // the resumed run's three sessions, never past its total (which counts the evaluations).
+    let train_s: Vec<f64> = metric_rows(&c)
+        .iter()
+        .filter(|r| r.get("val_acc").is_some())
+        .map(|r| r["train_s"].as_f64().unwrap())
+        .collect();
+    assert_eq!(train_s.len(), 4, "{train_s:?}");
+    assert!(
+        train_s[0] > 0.0 && train_s.windows(2).all(|w| w[0] < w[1]),
+        "{train_s:?}"
+    );
+    assert!(
+        train_s[3] < s.train_seconds,
+        "{train_s:?} vs {}",
+        s.train_seconds
+    );
     let wa =
         candle_core::safetensors::load(a.join("checkpoint.safetensors"), &candle_core::Device::Cpu)
             .unwrap();

@@ -252,8 +252,10 @@ fn a_two_rank_checkpoint_resumes_exactly_and_only_under_two_ranks() {
     let rows = |s: String| -> Vec<serde_json::Value> {
         s.lines()
             .map(|l| {
+                // Timings differ between runs.
                 let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
                 v.as_object_mut().unwrap().remove("images_per_s");
+                v.as_object_mut().unwrap().remove("train_s");
                 v
             })
             .collect()
