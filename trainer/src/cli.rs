@@ -250,6 +250,15 @@ impl ReproduceArgs {
                 .collect()
         } else {
             crate::reproduce::check_experiment(&self.experiment)?;
+            if matches!(self.experiment.as_str(), "recipe" | "claims") && self.seeds != 1 {
+                anyhow::bail!(
+                    "--seeds {} does nothing for {}: its preset sets the seeds of each stage \
+                     (trainer/presets/{}.toml)",
+                    self.seeds,
+                    self.experiment,
+                    self.experiment
+                );
+            }
             vec![self.experiment.clone()]
         };
         crate::device::parse(&self.device)?;

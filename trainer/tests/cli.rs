@@ -584,3 +584,42 @@ fn fit_uses_the_requested_instruction_set_capped_to_the_cpu() {
         assert!(err.contains(&line), "expected `{line}` in:\n{err}");
     }
 }
+
+/// The recipe and claims presets set their own seeds: `--seeds` is refused there, not ignored,
+/// and a linear warm-up needs a warm-up to shape.
+#[test]
+fn options_that_would_do_nothing_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("d");
+    std::fs::create_dir(&data).unwrap();
+    common::make_idx(&data, 60, 12, 4, 3);
+    let d = data.to_str().unwrap();
+    for exp in ["claims", "recipe"] {
+        expect_error(
+            &[
+                "reproduce",
+                exp,
+                "--scale",
+                "tiny",
+                "--data",
+                d,
+                "--seeds",
+                "3",
+                "--dry-run",
+            ],
+            &["--seeds 3 does nothing for", exp, "presets/"],
+        );
+    }
+    expect_usage_error(
+        &[
+            "fit",
+            "--data",
+            d,
+            "--schedule",
+            "piecewise",
+            "--warmup-shape",
+            "linear",
+        ],
+        &["--warmup-iterations"],
+    );
+}
