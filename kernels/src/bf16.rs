@@ -152,6 +152,132 @@ pub unsafe fn f_tile_reference(
     }
 }
 
+/// How a pass's reduction steps `s` pair up for [`f_tile`]: `s` with `s + group` for `s` in the
+/// first half of each block of `2·group` steps (two input channels at the same tap, two channels
+/// of the output gradient, two pixels), every pair `d` values apart in the pass's f32 source
+/// buffer. The f32 buffer is filled as for the f32 tile; [`Pairing::pack_b`] turns the parts the
+/// tiles read into pairs.
+#[derive(Debug, Clone)]
+pub struct Pairing {
+    group: usize,
+    d: usize,
+    /// Each pair's offset: its low step's.
+    offs: Vec<isize>,
+    /// The source's ranges `[start, end)` the tiles read, merged.
+    ranges: Vec<(usize, usize)>,
+}
+
+impl Pairing {
+    /// The pairing of `offs` (one offset per step into a source buffer; the tiles read `pt`
+    /// values from each), or None when the steps do not pair so: a count that is not a multiple
+    /// of `2·group`, or pairs at different distances.
+    pub fn new(offs: &[isize], group: usize, pt: usize) -> Option<Pairing> {
+        if group == 0 || offs.is_empty() || offs.len() % (2 * group) != 0 {
+            return None;
+        }
+        let d = offs[group] - offs[0];
+        if d <= 0 {
+            return None;
+        }
+        let mut lows = Vec::with_capacity(offs.len() / 2);
+        for block in offs.chunks_exact(2 * group) {
+            let (lo, hi) = block.split_at(group);
+            if lo.iter().zip(hi).any(|(a, b)| b - a != d || *a < 0) {
+                return None;
+            }
+            lows.extend_from_slice(lo);
+        }
+        let mut spans: Vec<(usize, usize)> = lows
+            .iter()
+            .map(|&o| (o as usize, o as usize + pt))
+            .collect();
+        spans.sort_unstable();
+        let mut ranges: Vec<(usize, usize)> = Vec::new();
+        for (a, b) in spans {
+            match ranges.last_mut() {
+                Some(last) if a <= last.1 => last.1 = last.1.max(b),
+                _ => ranges.push((a, b)),
+            }
+        }
+        Some(Pairing {
+            group,
+            d: d as usize,
+            offs: lows,
+            ranges,
+        })
+    }
+
+    /// Pairs of steps.
+    pub fn len(&self) -> usize {
+        self.offs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.offs.is_empty()
+    }
+
+    /// The A operand in pairs: `a` is `[row tile][s][8]` (f32), the result `[row tile][pair][8]`.
+    pub fn pack_a(&self, a: &[f32], row_tiles: usize) -> Vec<u32> {
+        let (s_len, g) = (2 * self.offs.len(), self.group);
+        let mut out = Vec::with_capacity(row_tiles * self.offs.len() * ROWS);
+        for rt in 0..row_tiles {
+            let tile = &a[rt * s_len * ROWS..][..s_len * ROWS];
+            for block in 0..s_len / (2 * g) {
+                for j in 0..g {
+                    let lo = &tile[(block * 2 * g + j) * ROWS..][..ROWS];
+                    let hi = &tile[(block * 2 * g + g + j) * ROWS..][..ROWS];
+                    for r in 0..ROWS {
+                        out.push(to_bits(lo[r]) as u32 | (to_bits(hi[r]) as u32) << 16);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// `b2[q] = (b[q], b[q + d])` wherever the tiles read; `b2` is as long as `b` (the rest of
+    /// it is not read).
+    pub fn pack_b(&self, b: &[f32], b2: &mut [u32]) {
+        for &(start, end) in &self.ranges {
+            pack_pairs(
+                &b[start..end],
+                Some(&b[start + self.d..end + self.d]),
+                &mut b2[start..end],
+            );
+        }
+    }
+
+    /// `out[rt·8 + r][0..pt] = Σ_pairs a2[rt][pair][r] ⋅ b2[offs[pair] + ·]` for every row tile:
+    /// the f32 pass's tiles in bf16 pairs.
+    ///
+    /// # Safety
+    /// [`check`] returned `Ok`; `a2` came from [`Pairing::pack_a`] for `row_tiles` tiles, `b2`
+    /// from [`Pairing::pack_b`] on a source in which every step's offset plus `pt` is in bounds,
+    /// `out` holds `row_tiles · 8` rows of `pt`, and `pt` is a multiple of 16.
+    pub unsafe fn run(&self, a2: &[u32], row_tiles: usize, b2: &[u32], pt: usize, out: &mut [f32]) {
+        let n = self.offs.len();
+        debug_assert!(a2.len() >= row_tiles * n * ROWS);
+        debug_assert!(out.len() >= row_tiles * ROWS * pt);
+        debug_assert!(self.offs.iter().all(|&o| o as usize + pt <= b2.len()));
+        for rt in 0..row_tiles {
+            let ap = a2[rt * n * ROWS..].as_ptr();
+            let mut p0 = 0;
+            while p0 < pt {
+                let nv = ((pt - p0) / LANES).min(MAX_NV);
+                f_tile(
+                    nv,
+                    ap,
+                    &self.offs,
+                    b2.as_ptr().add(p0),
+                    out.as_mut_ptr().add(rt * ROWS * pt + p0),
+                    pt,
+                );
+                p0 += nv * LANES;
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
@@ -276,6 +402,55 @@ mod tests {
                 }
                 // The gap between rows is untouched.
                 assert!(got[r * ostride + 16 * nv].is_nan());
+            }
+        }
+    }
+
+    /// A pairing's tiles against the f32 sums over the same steps with their operands rounded to
+    /// bf16: two channels of planes at a constant distance, overlapping taps.
+    #[test]
+    fn paired_steps_give_the_f32_sums_of_rounded_operands() {
+        if check().is_err() {
+            return;
+        }
+        let (plane, pt, taps) = (100usize, 48usize, [0isize, 1, 2, 10, 11, 12]);
+        let chans = 4;
+        // Steps s = (channel, tap), offsets channel · plane + tap: pairs of channels.
+        let offs: Vec<isize> = (0..chans)
+            .flat_map(|c| taps.iter().map(move |t| (c * plane) as isize + t))
+            .collect();
+        assert!(Pairing::new(&offs[..offs.len() - 1], taps.len(), pt).is_none());
+        let mut uneven = offs.clone();
+        uneven[taps.len()] += 1;
+        assert!(Pairing::new(&uneven, taps.len(), pt).is_none());
+        let p = Pairing::new(&offs, taps.len(), pt).unwrap();
+        assert_eq!(p.len(), offs.len() / 2);
+        let b: Vec<f32> = (0..chans * plane + 64)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let a: Vec<f32> = (0..2 * offs.len() * ROWS)
+            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 9.0)
+            .collect();
+        let mut b2 = vec![0u32; b.len()];
+        p.pack_b(&b, &mut b2);
+        let a2 = p.pack_a(&a, 2);
+        let mut out = vec![f32::NAN; 2 * ROWS * pt];
+        unsafe { p.run(&a2, 2, &b2, pt, &mut out) };
+        for rt in 0..2 {
+            for r in 0..ROWS {
+                for j in 0..pt {
+                    let want: f32 = (0..offs.len())
+                        .map(|s| {
+                            round(a[(rt * offs.len() + s) * ROWS + r])
+                                * round(b[offs[s] as usize + j])
+                        })
+                        .sum();
+                    let got = out[(rt * ROWS + r) * pt + j];
+                    assert!(
+                        (got - want).abs() <= 1e-3 * want.abs().max(1.0),
+                        "{rt} {r} {j}: {got} vs {want}"
+                    );
+                }
             }
         }
     }

@@ -17,6 +17,7 @@
 //! they accumulate per fixed chunk of images, reduced in a fixed order: results do not depend on
 //! the thread count.
 
+use super::bf16::{self, Pairing};
 use super::micro::{self, Isa, F_ROWS, LANES};
 use super::par;
 use super::scratch::{self, SendPtr};
@@ -34,6 +35,27 @@ pub struct Geom {
     pub pad: usize,
     pub ho: usize,
     pub wo: usize,
+}
+
+/// The arithmetic of a convolution's products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    #[default]
+    F32,
+    /// bf16 products summed in f32 ([`bf16`]): two input channels (forward), two output-gradient
+    /// channels (input gradient) or two pixels (weight gradient) per step. A pass whose steps do
+    /// not pair (an odd channel count: the 3-channel stem) runs in f32.
+    Bf16,
+}
+
+impl Precision {
+    /// `Ok` when this precision runs here ([`bf16::check`] for bf16).
+    pub fn check(self) -> Result<(), String> {
+        match self {
+            Precision::F32 => Ok(()),
+            Precision::Bf16 => bf16::check(),
+        }
+    }
 }
 
 fn round_up(v: usize, m: usize) -> usize {
@@ -372,6 +394,8 @@ pub struct Packed {
     plan: Plan,
     /// `(cin, h, w, cout, k, stride, pad)` it was packed for (any batch size).
     shape: [usize; 7],
+    /// bf16: the steps' pairing and the weights in pairs (None: f32).
+    pairs: Option<(Pairing, Vec<u32>)>,
 }
 
 impl Packed {
@@ -382,7 +406,28 @@ impl Packed {
             a: pack_forward(g, w),
             plan: Plan::new(g),
             shape: [g.cin, g.h, g.w, g.cout, g.k, g.stride, g.pad],
+            pairs: None,
         }
+    }
+
+    /// [`Packed::new`] at a precision; an error when it does not run here ([`Precision::check`]).
+    /// bf16 pairs two input channels per step; with an odd count the products stay f32.
+    pub fn with_precision(g: &Geom, w: &[f32], precision: Precision) -> Result<Packed, String> {
+        precision.check()?;
+        let mut p = Packed::new(g, w);
+        if precision == Precision::Bf16 {
+            // Steps (ci, kh, kw): ci pairs with ci + 1 at the same tap, kk steps later.
+            if let Some(pairing) = Pairing::new(&p.plan.offs, g.kk(), p.plan.pt) {
+                let a2 = pairing.pack_a(&p.a, g.cout.div_ceil(F_ROWS));
+                p.pairs = Some((pairing, a2));
+            }
+        }
+        Ok(p)
+    }
+
+    /// Whether the products run in bf16.
+    pub fn is_bf16(&self) -> bool {
+        self.pairs.is_some()
     }
 
     /// Image `n`'s output channels of row tiles `tiles`, from its source buffer (laid out by
@@ -394,7 +439,7 @@ impl Packed {
         g: &Geom,
         src: &[f32],
         tiles: std::ops::Range<usize>,
-        out: &mut scratch::Slot,
+        (out, pairs): (&mut scratch::Slot, &mut scratch::Slot),
         ep: Epilogue,
         n: usize,
         y_n: &mut [f32],
@@ -402,8 +447,20 @@ impl Packed {
         let plan = &self.plan;
         let count = tiles.len();
         let out = out.any(count * F_ROWS * plan.pt);
-        let a = &self.a[tiles.start * plan.offs.len() * F_ROWS..];
-        run_f(isa, a, count, &plan.offs, src, plan.pt, out);
+        match &self.pairs {
+            None => {
+                let a = &self.a[tiles.start * plan.offs.len() * F_ROWS..];
+                run_f(isa, a, count, &plan.offs, src, plan.pt, out);
+            }
+            Some((pairing, a2)) => {
+                let b2 = pairs.any_u32(src.len());
+                pairing.pack_b(src, b2);
+                let a2 = &a2[tiles.start * pairing.len() * F_ROWS..];
+                // SAFETY: bf16::check passed when packing; a2 holds these tiles' pairs, the
+                // plan's offsets plus pt stay inside src (and so b2), out has count · 8 rows.
+                unsafe { pairing.run(a2, count, b2, plan.pt, out) };
+            }
+        }
         let cos = tiles.start * F_ROWS..(tiles.end * F_ROWS).min(g.cout);
         plan.emit(g, out, cos, ep, n, y_n);
     }
@@ -576,7 +633,16 @@ pub fn forward_packed(
         scratch::with(|s| {
             let src = s.src.zeroed(plan.src_len, plan.key);
             plan.fill(g, &x[n * cin_hw..][..cin_hw], src);
-            packed.tiles(isa, g, src, 0..row_tiles, &mut s.out, ep, n, y_n);
+            packed.tiles(
+                isa,
+                g,
+                src,
+                0..row_tiles,
+                (&mut s.out, &mut s.pairs),
+                ep,
+                n,
+                y_n,
+            );
         });
         hook(n, y_n);
     });
@@ -645,7 +711,9 @@ pub fn forward_packed_within(
                 if t0 < t1 {
                     // SAFETY: each group writes only its own output channels of this image.
                     let y_n = unsafe { std::slice::from_raw_parts_mut(yp.get(), out_img) };
-                    scratch::with(|s| packed.tiles(isa, g, src, t0..t1, &mut s.out, ep, n, y_n));
+                    scratch::with(|s| {
+                        packed.tiles(isa, g, src, t0..t1, (&mut s.out, &mut s.pairs), ep, n, y_n)
+                    });
                 }
             });
         }
@@ -697,6 +765,26 @@ pub fn backward(
     dy: impl Fn(usize, &mut [f32]) + Sync,
     dx_hook: impl Fn(usize, &mut [f32]) + Sync,
 ) {
+    backward_with(Precision::F32, g, x, w, dx, dw, dy, dx_hook)
+}
+
+/// [`backward`] at a precision. bf16 (after [`Precision::check`]) pairs two output-gradient
+/// channels per step of the input gradient and two output pixels per step of the channels-last
+/// weight gradient; a pass whose steps do not pair, and the dot-product weight gradient of other
+/// shapes (the stem's), stay f32.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_with(
+    precision: Precision,
+    g: &Geom,
+    x: &[f32],
+    w: &[f32],
+    dx: Option<&mut [f32]>,
+    dw: &mut [f32],
+    dy: impl Fn(usize, &mut [f32]) + Sync,
+    dx_hook: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    debug_assert!(precision.check().is_ok());
+    let bf16 = precision == Precision::Bf16;
     let isa = micro::isa();
     let (cin_hw, out_img, kk) = (g.cin * g.hw(), g.cout * g.p(), g.kk());
     assert_eq!(x.len(), g.n * cin_hw);
@@ -775,10 +863,27 @@ pub fn backward(
             }
         }
     };
+    // bf16: output-gradient channels in pairs (flat: steps (co, kh, kw), kk apart; col: co).
+    let dx_pairs = bf16
+        .then(|| Pairing::new(&f_offs, if flat { kk } else { 1 }, pt))
+        .flatten()
+        .map(|p| {
+            let a2 = p.pack_a(&a, a_tiles);
+            (p, a2)
+        });
     // The input gradient of image `n` from its laid-out output gradient `dj`.
-    let dx_image = |n: usize, dj: &[f32], out: &mut [f32]| {
+    let dx_image = |n: usize, dj: &[f32], out: &mut [f32], pairs: &mut scratch::Slot| {
         if let Some(dxp) = dx_ptr {
-            run_f(isa, &a, a_tiles, &f_offs, dj, pt, out);
+            match &dx_pairs {
+                None => run_f(isa, &a, a_tiles, &f_offs, dj, pt, out),
+                Some((pairing, a2)) => {
+                    let b2 = pairs.any_u32(dj.len());
+                    pairing.pack_b(dj, b2);
+                    // SAFETY: precision checked above; a2 packed for a_tiles tiles; the offsets
+                    // plus pt stay inside dj (so b2); out holds a_tiles · 8 rows of pt.
+                    unsafe { pairing.run(a2, a_tiles, b2, pt, out) };
+                }
+            }
             // SAFETY: image n's slice of dx, written by this task only.
             let dxn = unsafe { std::slice::from_raw_parts_mut(dxp.get().add(n * cin_hw), cin_hw) };
             if flat {
@@ -824,12 +929,14 @@ pub fn backward(
                         if dx_ptr.is_some() {
                             let dj = s.dy_t.zeroed(dy_len, keys[1]);
                             lay_dy(img, dj);
-                            dx_image(n, dj, s.out.any(a_tiles * F_ROWS * pt));
+                            dx_image(n, dj, s.out.any(a_tiles * F_ROWS * pt), &mut s.pairs);
                         }
                         cl.fill(isa, g, &x[n * cin_hw..][..cin_hw], &mut xb[j * cl.x_len..]);
                         cl.pack_dy(g, img, sub, j, dp);
                     }
-                    cl.accumulate(isa, g, sub, cnt, &offs[..cnt * g.p()], xb, dp, &mut acc);
+                    let offs = &offs[..cnt * g.p()];
+                    let pairs = bf16.then_some(&mut s.pairs);
+                    cl.accumulate(isa, g, sub, cnt, offs, (xb, dp), pairs, &mut acc);
                     i0 += cnt;
                 }
             });
@@ -940,7 +1047,9 @@ impl ChannelsLast {
         }
     }
 
-    /// `acc[co][(kh, kw, ci)] += Σ` over the `cnt` images in the buffers.
+    /// `acc[co][(kh, kw, ci)] += Σ` over the `cnt` images in the buffers. `pairs`: bf16, with a
+    /// scratch slot for the paired input (pixels `t` and `t + 1` of a row: `stride · cin`
+    /// apart); f32 when the pixels do not pair so (an odd row).
     #[allow(clippy::too_many_arguments)]
     fn accumulate(
         &self,
@@ -949,18 +1058,36 @@ impl ChannelsLast {
         sub: usize,
         cnt: usize,
         offs: &[isize],
-        xb: &[f32],
-        dp: &[f32],
+        (xb, dp): (&[f32], &[f32]),
+        pairs: Option<&mut scratch::Slot>,
         acc: &mut [f32],
     ) {
         let (kc, p) = (g.k * g.cin, g.p());
         let row = g.k * kc;
         let mut tile = vec![0f32; F_ROWS * kc];
+        let paired = pairs.and_then(|slot| Some((Pairing::new(offs, 1, kc)?, slot)));
+        // The whole paired input once: x2[q] = (x_cl[q], x_cl[q + d]), read at every kh.
+        let x2 = paired.map(|(pairing, slot)| {
+            let d = (offs[1] - offs[0]) as usize;
+            let x2 = slot.any_u32(xb.len());
+            bf16::pack_pairs(&xb[..xb.len() - d], Some(&xb[d..]), &mut x2[..xb.len() - d]);
+            (pairing, &*x2)
+        });
         for grp in 0..g.cout / F_ROWS {
             let a = &dp[grp * sub * p * F_ROWS..][..cnt * p * F_ROWS];
+            let a2 = x2.as_ref().map(|(pairing, _)| pairing.pack_a(a, 1));
             for kh in 0..g.k {
-                // tile[r][(kw, ci)] = Σ_t a[t][r] · x_cl[offs[t] + kh row + (kw, ci)]
-                run_f(isa, a, 1, offs, &xb[kh * self.wp * g.cin..], kc, &mut tile);
+                let at = kh * self.wp * g.cin;
+                match (&x2, &a2) {
+                    // SAFETY: precision checked by the caller; a2 holds this group's pairs; the
+                    // offsets plus kc stay inside xb past `at` (as in f32), and x2 pairs every
+                    // position up to xb.len() - d, which every pair's low offset + kc is below.
+                    (Some((pairing, x2)), Some(a2)) => unsafe {
+                        pairing.run(a2, 1, &x2[at..], kc, &mut tile)
+                    },
+                    // tile[r][(kw, ci)] = Σ_t a[t][r] · x_cl[offs[t] + kh row + (kw, ci)]
+                    _ => run_f(isa, a, 1, offs, &xb[at..], kc, &mut tile),
+                }
                 for r in 0..F_ROWS {
                     let dst = &mut acc[(grp * F_ROWS + r) * row + kh * kc..][..kc];
                     for (d, t) in dst.iter_mut().zip(&tile[r * kc..]) {
@@ -983,7 +1110,7 @@ fn dot_partials(
     dy_len: usize,
     (flat, parity, fl, par_l, pt): (bool, bool, Flat, Parity, usize),
     lay_dy: &(impl Fn(&[f32], &mut [f32]) + Sync),
-    dx_image: &(impl Fn(usize, &[f32], &mut [f32]) + Sync),
+    dx_image: &(impl Fn(usize, &[f32], &mut [f32], &mut scratch::Slot) + Sync),
     (a_tiles, nchunks, per): (usize, usize, usize),
 ) -> Vec<Vec<f32>> {
     use micro::{DOT_C, DOT_R};
@@ -1050,7 +1177,7 @@ fn dot_partials(
                         im2col(g, xn, pt, xj);
                     }
                     lay_dy(img, dj);
-                    dx_image(n, dj, s.out.any(a_tiles * F_ROWS * pt));
+                    dx_image(n, dj, s.out.any(a_tiles * F_ROWS * pt), &mut s.pairs);
                 }
                 // Weight gradient: dot products of tap rows and gradient rows over these images.
                 let xp: Vec<*const f32> = (0..cnt).map(|j| xb[j * x_len..].as_ptr()).collect();
@@ -1149,6 +1276,97 @@ mod tests {
             let d = (a - b).abs();
             assert!(!d.is_nan() && d <= 1e-4 * scale, "{what}[{i}]: {a} vs {b}");
         }
+    }
+
+    /// Direct loops: the forward output, input gradient and weight gradient.
+    fn direct(g: &Geom, x: &[f32], wt: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (n, cin, cout, k) = (g.n, g.cin, g.cout, g.k);
+        let mut y = vec![0f32; n * cout * g.p()];
+        let (mut dx, mut dw) = (vec![0f32; x.len()], vec![0f32; wt.len()]);
+        for b in 0..n {
+            for co in 0..cout {
+                for oh in 0..g.ho {
+                    for ow in 0..g.wo {
+                        let o = (b * cout + co) * g.p() + oh * g.wo + ow;
+                        for ci in 0..cin {
+                            for kh in 0..k {
+                                for kw in 0..k {
+                                    let Some((ih, iw)) = tap(g, oh, ow, kh, kw) else {
+                                        continue;
+                                    };
+                                    let xi = (b * cin + ci) * g.h * g.w + ih * g.w + iw;
+                                    let wi = ((co * cin + ci) * k + kh) * k + kw;
+                                    y[o] += x[xi] * wt[wi];
+                                    dx[xi] += dy[o] * wt[wi];
+                                    dw[wi] += dy[o] * x[xi];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (y, dx, dw)
+    }
+
+    /// bf16 products: every pass of these shapes pairs (even channel counts, even rows), so each
+    /// result is the f32 sum of the operands rounded to bf16, up to summation order: the flat,
+    /// parity (3x3 and 1x1 stride 2) layouts and the channels-last weight gradient. A shape whose
+    /// steps do not pair (3 input channels) keeps its forward in f32, exactly.
+    #[test]
+    fn bf16_passes_sum_the_rounded_operands() {
+        if Precision::Bf16.check().is_err() {
+            eprintln!("skipped: {}", Precision::Bf16.check().unwrap_err());
+            return;
+        }
+        let mut seed = 11u64;
+        let r = |v: &[f32]| v.iter().map(|&x| bf16::round(x)).collect::<Vec<_>>();
+        for (n, cin, h, w, cout, k, s, pad) in [
+            (2, 16, 8, 8, 16, 3, 1, 1),
+            (2, 16, 8, 8, 32, 3, 2, 1),
+            (1, 16, 8, 8, 32, 1, 2, 0),
+            (3, 32, 4, 6, 16, 3, 1, 1),
+        ] {
+            let g = Geom::new(n, cin, h, w, cout, k, s, pad).unwrap();
+            let what = format!("{g:?}");
+            let x = rnd(n * cin * h * w, &mut seed);
+            let wt = rnd(cout * cin * k * k, &mut seed);
+            let dy = rnd(n * cout * g.p(), &mut seed);
+            let (y_ref, dx_ref, dw_ref) = direct(&g, &r(&x), &r(&wt), &r(&dy));
+            let packed = Packed::with_precision(&g, &wt, Precision::Bf16).unwrap();
+            assert!(packed.is_bf16(), "{what}");
+            let mut y = vec![f32::NAN; y_ref.len()];
+            forward_packed(&g, &packed, &x, &mut y, Epilogue::NONE, |_, _| {});
+            close(&y, &y_ref, &format!("bf16 y {what}"));
+            let (mut dx, mut dw) = (vec![f32::NAN; x.len()], vec![f32::NAN; wt.len()]);
+            let out_img = cout * g.p();
+            backward_with(
+                Precision::Bf16,
+                &g,
+                &x,
+                &wt,
+                Some(&mut dx),
+                &mut dw,
+                |b, buf| buf.copy_from_slice(&dy[b * out_img..][..out_img]),
+                |_, _| {},
+            );
+            close(&dx, &dx_ref, &format!("bf16 dx {what}"));
+            close(&dw, &dw_ref, &format!("bf16 dw {what}"));
+            // Not the f32 results: the rounding is there.
+            let (y32, _, _) = direct(&g, &x, &wt, &dy);
+            assert!(
+                y.iter().zip(&y32).any(|(a, b)| (a - b).abs() > 1e-4),
+                "{what}"
+            );
+        }
+        let g = Geom::new(2, 3, 8, 8, 16, 3, 1, 1).unwrap();
+        let (x, wt) = (rnd(2 * 3 * 64, &mut seed), rnd(16 * 27, &mut seed));
+        let packed = Packed::with_precision(&g, &wt, Precision::Bf16).unwrap();
+        assert!(!packed.is_bf16());
+        let (mut a, mut b) = (vec![0f32; 2 * 16 * 64], vec![0f32; 2 * 16 * 64]);
+        forward_packed(&g, &packed, &x, &mut a, Epilogue::NONE, |_, _| {});
+        forward(&g, &x, &wt, &mut b, |_, _| {});
+        assert_eq!(a, b);
     }
 
     /// Forward and both gradients against direct loops, on geometries of each layout (flat,

@@ -42,6 +42,14 @@ impl Slot {
         }
         &mut self.free[..len]
     }
+
+    /// [`Slot::any`] as `u32`s (bf16 pairs).
+    pub fn any_u32(&mut self, len: usize) -> &mut [u32] {
+        let f = self.any(len);
+        // SAFETY: f32 and u32 have the same size and alignment, and every bit pattern is a valid
+        // u32; the borrow of `self` carries over.
+        unsafe { std::slice::from_raw_parts_mut(f.as_mut_ptr() as *mut u32, len) }
+    }
 }
 
 /// The scratch buffers of one thread.
@@ -59,6 +67,8 @@ pub struct Scratch {
     pub dy_img: Slot,
     /// Output gradients of several images packed `[channel / 8][image][pixel][8]`.
     pub dy_p: Slot,
+    /// bf16 pairs of a source buffer ([`crate::bf16::Pairing::pack_b`]).
+    pub pairs: Slot,
 }
 
 thread_local! {
