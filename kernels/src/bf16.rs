@@ -50,7 +50,7 @@ pub fn check_for(isa: Isa) -> Result<(), String> {
     }
     if isa < Isa::Avx512 {
         return Err(format!(
-            "{}={isa} caps the kernels below avx512, which bf16 needs",
+            "{}={isa} caps the kernels below avx512, which bf16 (AVX512_BF16) needs",
             micro::ISA_ENV,
         ));
     }

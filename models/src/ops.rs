@@ -19,6 +19,23 @@ use candle_nn::{BatchNorm, Linear};
 
 thread_local! {
     static AUTOCAST: Cell<Option<DType>> = const { Cell::new(None) };
+    static CPU_PRECISION: Cell<Precision> = const { Cell::new(Precision::F32) };
+}
+
+pub use sc_kernels::conv::Precision;
+
+/// The precision of this thread's convolution products on the CPU kernels: f32 (the default), or
+/// bf16 products summed in f32 where the CPU has AVX512_BF16 (an error naming what is missing
+/// otherwise). BatchNorm, the classifier, the loss, gradients and weights stay f32.
+pub fn set_cpu_precision(p: Precision) -> std::result::Result<(), String> {
+    p.check()?;
+    CPU_PRECISION.with(|c| c.set(p));
+    Ok(())
+}
+
+/// This thread's CPU convolution precision ([`set_cpu_precision`]).
+pub fn cpu_precision() -> Precision {
+    CPU_PRECISION.with(|c| c.get())
 }
 
 /// Runs this thread's convolutions and matmuls in `dtype` (`Some(DType::BF16)`; f16 works the
@@ -75,9 +92,13 @@ fn conv_geom(x_dims: &[usize], w: &Tensor, stride: usize, padding: usize) -> Opt
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
     if custom_ops::applicable(&[x, w]) {
         if let Some(geom) = conv_geom(x.dims(), w, stride, padding) {
-            return x
-                .contiguous()?
-                .apply_op2(&w.contiguous()?, op::ConvOp { geom });
+            return x.contiguous()?.apply_op2(
+                &w.contiguous()?,
+                op::ConvOp {
+                    geom,
+                    precision: cpu_precision(),
+                },
+            );
         }
     }
     match autocast() {
@@ -211,6 +232,7 @@ fn spec_for<'a>(
         geom,
         eps: p.bn.eps(),
         running,
+        precision: cpu_precision(),
     };
     Ok(Some((spec, [p.weight, gamma, beta])))
 }

@@ -448,7 +448,9 @@ pub struct CommonArgs {
     pub device: Option<String>,
     #[arg(help = with_default(
         "Convolution/matmul arithmetic: f32, or bf16 (mixed precision: bf16 products on f32 \
-         master weights, f32 BatchNorm and loss; CUDA only)",
+         master weights, f32 BatchNorm and loss; on CUDA, or on CPUs with AVX512_BF16, where it \
+         pays only if that CPU's vdpbf16ps keeps up with its FMAs: `cargo bench -p sc-kernels \
+         --bench bf16` says)",
         lower(TrainConfig::default().precision),
     ))]
     #[arg(long, value_name = "f32|bf16")]

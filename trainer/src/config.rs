@@ -84,8 +84,9 @@ pub struct TrainConfig {
     /// Evaluate on the data set's test split once at the end (never used for any choice).
     #[serde(default = "train_defaults::test_eval")]
     pub test_eval: bool,
-    /// Arithmetic of convolutions and matmuls: `f32`, or `bf16` (mixed precision on a CUDA
-    /// device: bf16 products on f32 master weights, f32 BatchNorm, loss and gradients). Left out
+    /// Arithmetic of convolutions and matmuls: `f32`, or `bf16` (mixed precision: bf16 products
+    /// on f32 master weights, f32 BatchNorm, loss and gradients; on a CUDA device, or in the CPU
+    /// convolution kernels where the CPU has AVX512_BF16). Left out
     /// of the serialized config when `f32`, so configs (and reproduce's run names) from before
     /// the option stay the same.
     #[serde(
@@ -165,7 +166,9 @@ field_defaults!(train_defaults for TrainConfig {
     ghost_batches: usize,
 });
 
-/// The arithmetic of convolutions and matmuls ([`sc_models::ops::set_autocast`]).
+/// The arithmetic of convolutions and matmuls: on CUDA, bf16 autocast of convolutions and
+/// matmuls ([`sc_models::ops::set_autocast`]); on the CPU, bf16 products in the convolution
+/// kernels where the CPU has AVX512_BF16 ([`sc_models::ops::set_cpu_precision`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
@@ -179,11 +182,27 @@ impl Precision {
         *self == Precision::F32
     }
 
-    /// The autocast type of this precision (`None`: everything in f32).
+    /// The name the config and the command line use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// The autocast type of this precision on CUDA (`None`: everything in f32).
     pub fn autocast(self) -> Option<candle_core::DType> {
         match self {
             Precision::F32 => None,
             Precision::Bf16 => Some(candle_core::DType::BF16),
+        }
+    }
+
+    /// The CPU kernels' precision of this one.
+    pub fn kernels(self) -> sc_models::ops::Precision {
+        match self {
+            Precision::F32 => sc_models::ops::Precision::F32,
+            Precision::Bf16 => sc_models::ops::Precision::Bf16,
         }
     }
 }
@@ -282,13 +301,7 @@ impl TrainConfig {
                 .for_run(total)
                 .map_err(|e| anyhow::anyhow!("schedule: {e}"))?;
         }
-        let device = crate::device::parse(&self.device)?;
-        if self.precision == Precision::Bf16 && device == crate::device::DeviceSpec::Cpu {
-            bail!(
-                "precision bf16 needs a CUDA device (--device cuda): candle's CPU matmul has no \
-                 bf16, and the CPU kernels are f32 (and as fast); train in f32 on the CPU"
-            );
-        }
+        crate::device::parse(&self.device)?;
         Ok(())
     }
 

@@ -32,6 +32,7 @@ pub fn write_onnx(
                 "batch_size": cfg.batch_size,
                 "seed": cfg.seed,
                 "optimizer": cfg.optimizer,
+                "precision": cfg.precision,
                 "train_images": info.train_images,
                 "data": info.data_source,
             })

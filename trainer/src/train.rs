@@ -15,7 +15,7 @@ use sc_models::{ArchConfig, Normalization, ResNet};
 
 use crate::checkpoint::{self, TrainState};
 use crate::collective::Collective;
-use crate::config::TrainConfig;
+use crate::config::{Precision, TrainConfig};
 use crate::data::{normalize_all, BatchMaker, Loader};
 use crate::io::{write_atomic, write_json};
 use crate::optim::Sgd;
@@ -256,20 +256,29 @@ fn count_correct(logits: &Tensor, labels: &Tensor) -> candle_core::Result<usize>
         .map(|v| v as usize)
 }
 
-/// This thread's autocast type for a scope (reset when dropped, also on errors).
-struct Autocast(Option<candle_core::DType>);
+/// This thread's precision for a scope: the autocast type (CUDA) and the CPU kernels'
+/// precision, reset when dropped (also on errors).
+struct Autocast(Option<candle_core::DType>, sc_models::ops::Precision);
 
 impl Autocast {
-    fn set(dtype: Option<candle_core::DType>) -> Autocast {
-        let before = sc_models::ops::autocast();
-        sc_models::ops::set_autocast(dtype);
-        Autocast(before)
+    /// `precision` on `device`: bf16 on the CPU needs AVX512_BF16 (an error saying so).
+    fn set(precision: Precision, device: &candle_core::Device) -> anyhow::Result<Autocast> {
+        let before = Autocast(sc_models::ops::autocast(), sc_models::ops::cpu_precision());
+        if device.is_cpu() {
+            sc_models::ops::set_cpu_precision(precision.kernels())
+                .map_err(|e| anyhow::anyhow!("precision {}: {e}", precision.name()))?;
+        } else {
+            sc_models::ops::set_autocast(precision.autocast());
+        }
+        Ok(before)
     }
 }
 
 impl Drop for Autocast {
     fn drop(&mut self) {
         sc_models::ops::set_autocast(self.0);
+        // The earlier precision was accepted when it was set.
+        let _ = sc_models::ops::set_cpu_precision(self.1);
     }
 }
 
@@ -298,7 +307,7 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
     }
     let device = crate::device::open(&cfg.device)?;
     // Convolutions and matmuls of this thread (training and validation) in cfg.precision.
-    let _autocast = Autocast::set(cfg.precision.autocast());
+    let _autocast = Autocast::set(cfg.precision, &device)?;
     refuse_to_overwrite(run_dir, opts.resume)?;
 
     // The data, the model it needs, and the run facts, on disk before the first step.
@@ -436,10 +445,10 @@ pub fn fit(mut cfg: TrainConfig, run_dir: &Path, opts: &FitOptions) -> anyhow::R
         cfg.batch_size,
         total as f64 / per_epoch as f64,
         cfg.schedule.describe(),
-        if cfg.precision.is_f32() {
-            ""
-        } else {
-            ", bf16 mixed precision"
+        match (cfg.precision.is_f32(), device.is_cpu()) {
+            (true, _) => "",
+            (false, true) => ", bf16 convolution products (AVX512_BF16)",
+            (false, false) => ", bf16 mixed precision",
         }
     );
     }

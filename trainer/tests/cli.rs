@@ -209,9 +209,18 @@ fn invalid_settings() {
         &with(&base, &["--iterations", "5", "--device", "cuda"]),
         &["without CUDA support"],
     );
-    expect_error(
-        &with(&base, &["--iterations", "5", "--precision", "bf16"]),
-        &["precision bf16 needs a CUDA device"],
+    // bf16 on the CPU needs AVX512_BF16: refused, naming it, on a CPU without it or with the
+    // kernels capped below AVX-512.
+    let out = Command::new(env!("CARGO_BIN_EXE_sc-trainer"))
+        .args(with(&base, &["--iterations", "5", "--precision", "bf16"]))
+        .env("SC_KERNELS_ISA", "avx2")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("precision bf16") && err.contains("AVX512_BF16"),
+        "{err}"
     );
     expect_usage_error(
         &with(&base, &["--iterations", "5", "--precision", "fp8"]),

@@ -233,3 +233,37 @@ impl TapMkdir for std::path::PathBuf {
         self
     }
 }
+
+/// `precision = "bf16"` on a CPU with AVX512_BF16: the convolutions' products run in bf16 (the
+/// run differs from the f32 one from its first step), it still learns, and the run's config and
+/// its model's recipe say bf16. On other CPUs the refusal is checked in tests/cli.rs.
+#[test]
+fn bf16_on_the_cpu_trains_and_is_recorded() {
+    if let Err(e) = sc_kernels::bf16::check() {
+        eprintln!("skipped: {e}");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = common::make_idx(&tmp.path().join("data").tap_mkdir(), 400, 12, 4, 1);
+    let cfg = common::tiny_config(&data, 40);
+    let mut bf = cfg.clone();
+    bf.precision = sc_trainer::config::Precision::Bf16;
+    let (a, b) = (tmp.path().join("f32"), tmp.path().join("bf16"));
+    fit(cfg, &a, &quiet()).unwrap();
+    let s = fit(bf, &b, &quiet()).unwrap();
+    assert_eq!(s.outcome, Outcome::Finished);
+    let (la, lb) = (learning_curve(&a), learning_curve(&b));
+    assert_ne!(
+        la[0].1, lb[0].1,
+        "the first loss is the f32 one: bf16 was not used"
+    );
+    assert!(s.final_val_acc.unwrap() > 0.6, "{:?}", s.final_val_acc);
+    let config = std::fs::read_to_string(b.join("config.json")).unwrap();
+    assert!(config.contains("\"precision\": \"bf16\""), "{config}");
+    let model = std::fs::read(b.join("model.onnx")).unwrap();
+    let text = String::from_utf8_lossy(&model);
+    assert!(
+        text.contains("\"precision\":\"bf16\""),
+        "the model's recipe lacks the precision"
+    );
+}

@@ -15,7 +15,7 @@ use candle_core::{
 };
 
 use super::bn::{self, Norm};
-use super::conv::{self, Geom};
+use super::conv::{self, Epilogue, Geom, Packed, Precision};
 use super::elementwise;
 use super::par;
 use super::scratch::{uninit_vec, SendPtr};
@@ -44,6 +44,12 @@ fn cpu_tensor(v: Vec<f32>, dims: &[usize]) -> Result<Tensor> {
 /// Plain convolution: `ops::conv2d` on the CPU.
 pub struct ConvOp {
     pub geom: Geom,
+    pub precision: Precision,
+}
+
+/// The weights packed at `precision` (checked when it was chosen: [`crate::ops::set_cpu_precision`]).
+fn packed(g: &Geom, w: &[f32], precision: Precision) -> Packed {
+    Packed::with_precision(g, w, precision).unwrap_or_else(|_| Packed::new(g, w))
 }
 
 impl CustomOp2 for ConvOp {
@@ -61,7 +67,8 @@ impl CustomOp2 for ConvOp {
         let g = &self.geom;
         let (x, w) = (slice(s1, l1)?, slice(s2, l2)?);
         let mut y = uninit_vec(g.n * g.cout * g.p());
-        conv::forward(g, x, w, &mut y, |_, _| {});
+        let w = packed(g, w, self.precision);
+        conv::forward_packed(g, &w, x, &mut y, Epilogue::NONE, |_, _| {});
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.cout, g.ho, g.wo))))
     }
 
@@ -81,7 +88,8 @@ impl CustomOp2 for ConvOp {
                 with_f32(&grad, |dy| {
                     let mut dx = want_x.then(|| uninit_vec(xs.len()));
                     let mut dw = vec![0f32; ws.len()];
-                    conv::backward(
+                    conv::backward_with(
+                        self.precision,
                         g,
                         xs,
                         ws,
@@ -106,6 +114,8 @@ pub struct ConvBnSpec {
     pub eps: f64,
     /// Inference form: the running mean and variance; `None` in training (batch statistics).
     pub running: Option<(Vec<f32>, Vec<f32>)>,
+    /// The convolution products' precision.
+    pub precision: Precision,
 }
 
 /// What a forward pass keeps of one convolution + BatchNorm.
@@ -141,7 +151,8 @@ impl ConvBnSpec {
         let mut y = uninit_vec(self.out_len());
         let mut parts = vec![(0f64, 0f64); if train { g.n * c } else { 0 }];
         let pp = SendPtr(parts.as_mut_ptr());
-        conv::forward(g, x, w, &mut y, |n, yn| {
+        let w = packed(g, w, self.precision);
+        conv::forward_packed(g, &w, x, &mut y, Epilogue::NONE, |n, yn| {
             if train {
                 for ch in 0..c {
                     // SAFETY: image n's entries, written by this call only.
@@ -201,7 +212,8 @@ impl ConvBnSpec {
             })
             .unzip();
         let (dw, dgb) = dparams.split_at_mut(self.w_len());
-        conv::backward(
+        conv::backward_with(
+            self.precision,
             g,
             x,
             &params[..self.w_len()],
