@@ -7,6 +7,8 @@
 #   THREADS  threads for both (default 2)
 #   BENCH_SECONDS  minimum measuring time per configuration (default 8)
 #   BENCH_OPS=0    skip the per-convolution GFLOP/s table
+#   BF16=1         also bf16: ours with bf16 convolution products (AVX512_BF16 CPUs), PyTorch under
+#                  torch.autocast('cpu', bfloat16), both layouts; a second table
 #   ISA=avx2|avx512|portable  the instruction set both sides are capped to (default: the CPU's
 #                  widest). Ours: SC_KERNELS_ISA; PyTorch: ATEN_CPU_CAPABILITY and
 #                  ONEDNN_MAX_CPU_ISA (portable caps PyTorch to its plain 'default' kernels).
@@ -43,8 +45,14 @@ ops=--no-ops
 [ "${BENCH_OPS:-1}" != 0 ] && ops=
 BENCH_SECONDS=$seconds cargo bench --quiet --manifest-path "$root/Cargo.toml" --workspace \
     --bench train_step -- --json --configs "$configs" $ops > "$out/sc.jsonl"
+formats=nchw,channels_last
+if [ "${BF16:-0}" = 1 ]; then
+    SC_BENCH_PRECISION=bf16 BENCH_SECONDS=$seconds cargo bench --quiet --manifest-path "$root/Cargo.toml" \
+        --workspace --bench train_step -- --json --configs "$configs" --no-ops > "$out/sc-bf16.jsonl"
+    formats=$formats,nchw-bf16,channels_last-bf16
+fi
 "$venv/bin/python" "$root/scripts/bench_torch_train.py" --configs "$configs" --threads "$threads" \
-    --seconds "$seconds" > "$out/torch.jsonl"
+    --seconds "$seconds" --formats "$formats" > "$out/torch.jsonl"
 
 "$venv/bin/python" - "$out/sc.jsonl" "$out/torch.jsonl" <<'PY'
 import json, sys
@@ -76,3 +84,22 @@ for o in ops:
         print(f"{r['layer']:<20} {pc(r['fwd']):>11} {pc(r['bwd']):>11} {pc(r['bwd_w']):>11} {pc(r['bwd_d']):>11} | "
               f"{r['stock_fwd']:>9.0f} {r['stock_bwd']:>9.0f}")
 PY
+if [ -s "$out/sc-bf16.jsonl" ]; then
+"$venv/bin/python" - "$out/sc-bf16.jsonl" "$out/torch.jsonl" "$out/sc.jsonl" <<'PY'
+import json, sys
+rows = lambda f: [json.loads(l) for l in open(f) if l.strip()]
+sc, th, f32 = rows(sys.argv[1]), rows(sys.argv[2]), [r for r in rows(sys.argv[3]) if "model" in r]
+print(f"\nbf16: ours with bf16 convolution products; PyTorch under torch.autocast('cpu', bfloat16)")
+print(f"{'model':<9} {'batch':>5} | {'sc bf16':>8} {'sc f32':>8} | {'torch f32':>9} {'torch bf16':>10} | "
+      f"{'vs f32':>6} {'vs bf16':>7} {'sc bf16/f32':>11}")
+for s in sc:
+    t = {r["format"]: r["images_per_second"] for r in th if r["model"] == s["model"] and r["batch"] == s["batch"]}
+    best32 = max(t.get("nchw", 0), t.get("channels_last", 0))
+    best16 = max(t.get("nchw-bf16", 0), t.get("channels_last-bf16", 0))
+    ours32 = next((r["images_per_second"] for r in f32 if r["model"] == s["model"] and r["batch"] == s["batch"]), float("nan"))
+    v = s["images_per_second"]
+    print(f"{s['model']:<9} {s['batch']:>5} | {v:>8.1f} {ours32:>8.1f} | {best32:>9.1f} {best16:>10.1f} | "
+          f"{v / best32:>6.2f} {v / best16:>7.2f} {v / ours32:>11.2f}")
+print("torch f32 / bf16: the better of NCHW and channels_last")
+PY
+fi

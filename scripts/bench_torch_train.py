@@ -69,16 +69,21 @@ def child(model, batch, fmt, threads, seconds):
     net = build(depth)
     x = torch.randn(batch, 3, 32, 32)
     y = torch.arange(batch) * 7 % 10
-    if fmt == "channels_last":
+    # FORMAT is nchw or channels_last, with "-bf16" for torch.autocast('cpu', bfloat16).
+    layout, _, prec = fmt.partition("-")
+    if layout == "channels_last":
         net = net.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
+    import contextlib
+    cast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if prec == "bf16" else contextlib.nullcontext
     net.train()
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
     loss_fn = torch.nn.CrossEntropyLoss()
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(net(x), y)
+        with cast():
+            loss = loss_fn(net(x), y)
         loss.backward()
         opt.step()
         return loss.item()

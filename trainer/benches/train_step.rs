@@ -7,6 +7,7 @@
 //! cargo bench -p sc-trainer --bench train_step -- --json      # one JSON object per configuration
 //! cargo bench -p sc-trainer --bench train_step -- --configs resnet20:128 --no-ops
 //! SC_STOCK_KERNELS=1 cargo bench -p sc-trainer --bench train_step   # candle's stock ops
+//! SC_BENCH_PRECISION=bf16 cargo bench -p sc-trainer --bench train_step   # bf16 convolution products (AVX512_BF16)
 //! ```
 //! Each configuration runs in a child process so that its peak RSS is its own.
 //! `BENCH_SECONDS` (default 8): minimum measuring time per configuration, after one warm-up step.
@@ -47,6 +48,13 @@ fn threads() -> usize {
 fn child(model: &str, batch: usize) -> anyhow::Result<()> {
     // As the trainer's main does: freed memory is reused, not returned and faulted in again.
     sc_models::custom_ops::keep_freed_memory();
+    let precision = match std::env::var("SC_BENCH_PRECISION").as_deref() {
+        Ok("bf16") => sc_models::ops::Precision::Bf16,
+        Ok("f32") | Ok("") | Err(_) => sc_models::ops::Precision::F32,
+        Ok(other) => anyhow::bail!("SC_BENCH_PRECISION={other}: expected f32 or bf16"),
+    };
+    sc_models::ops::set_cpu_precision(precision)
+        .map_err(|e| anyhow::anyhow!("SC_BENCH_PRECISION=bf16: {e}"))?;
     let dev = Device::Cpu;
     let depth = ArchConfig::depth_from_name(model).map_err(anyhow::Error::msg)?;
     let arch = ArchConfig::resnet(depth, 3, 32, 32, 10).map_err(anyhow::Error::msg)?;
@@ -95,6 +103,7 @@ fn child(model: &str, batch: usize) -> anyhow::Result<()> {
             "batch": batch,
             "threads": threads(),
             "stock": sc_models::custom_ops::stock_forced(),
+            "precision": format!("{precision:?}").to_lowercase(),
             "steps": steps,
             "images_per_second": (steps * batch) as f64 / dt,
             "step_ms": dt / steps as f64 * 1e3,
