@@ -182,7 +182,7 @@ impl ConvBnSpec {
         x: &[f32],
         params: &[f32],
         saved: &ConvBnSaved,
-        dz: &[f32],
+        (dz, sums): (&[f32], Option<Vec<(f64, f64)>>),
         mask: Option<&[f32]>,
         dx: Option<&mut [f32]>,
         dparams: &mut [f32],
@@ -195,7 +195,9 @@ impl ConvBnSpec {
         let (y, norm) = (&saved.y, &saved.norm);
         let relu = mask.is_some();
         let mask = mask.unwrap_or(dz);
-        let sums = bn::backward_sums(dz, mask, y, &norm.mean, g.n, c, p, relu, None);
+        // The per-channel sums over the batch, unless the pass that wrote `dz` made them.
+        let sums = sums
+            .unwrap_or_else(|| bn::backward_sums(dz, mask, y, &norm.mean, g.n, c, p, relu, None));
         // Σ g·x̂ = invstd · Σ g·(y - mean).
         let sgx: Vec<f64> = (0..c).map(|ch| norm.invstd[ch] * sums[ch].1).collect();
         let train = self.running.is_none();
@@ -316,7 +318,7 @@ impl ConvBnOp {
                             xs,
                             ps,
                             saved,
-                            dzs,
+                            (dzs, None),
                             mask,
                             dx.as_deref_mut(),
                             &mut dp,
@@ -537,18 +539,47 @@ impl CustomOp2 for BlockOp {
                         let mut dp = vec![0f32; ps.len()];
                         let (dp1, rest) = dp.split_at_mut(l1);
                         let (dp2, dpsc) = rest.split_at_mut(l2);
-                        // Second convolution: its input gradient is the first one's output gradient.
+                        // Second convolution: its input gradient is the first one's output
+                        // gradient. While each image of it is in cache, the first BatchNorm's
+                        // backward sums over it (the pass backward_sums would make again).
                         let mut dz1 = uninit_vec(self.c1.out_len());
+                        let (c1c, c1p) = (g1.cout, g1.p());
+                        let mut parts = vec![(0f64, 0f64); g1.n * c1c];
+                        let pp = SendPtr(parts.as_mut_ptr());
+                        let (z1, y1, mean1) = (&sv.z1, &sv.c1.y, &sv.c1.norm.mean);
                         self.c2.backward(
                             &sv.z1,
                             p2,
                             &sv.c2,
-                            dout,
+                            (dout, None),
                             Some(os),
                             Some(&mut dz1),
                             dp2,
-                            |_, _| {},
+                            |n, dz1n| {
+                                for ch in 0..c1c {
+                                    let o = (n * c1c + ch) * c1p;
+                                    let part = bn::grad_sums(
+                                        &dz1n[ch * c1p..][..c1p],
+                                        &z1[o..o + c1p],
+                                        &y1[o..o + c1p],
+                                        mean1[ch] as f32,
+                                        true,
+                                        None,
+                                    );
+                                    // SAFETY: image n's entries, written by this call only.
+                                    unsafe { *pp.get().add(n * c1c + ch) = part };
+                                }
+                            },
                         );
+                        // In image order, as backward_sums reduces them.
+                        let sums1: Vec<(f64, f64)> = (0..c1c)
+                            .map(|ch| {
+                                (0..g1.n).fold((0f64, 0f64), |(s, q), i| {
+                                    let (a, b) = parts[i * c1c + ch];
+                                    (s + a, q + b)
+                                })
+                            })
+                            .collect();
                         // Projection shortcut: its own input gradient, added to dx below.
                         let mut dxs = None;
                         if let (BlockShortcut::Projection(spec), Some(ssv)) =
@@ -559,7 +590,7 @@ impl CustomOp2 for BlockOp {
                                 xs,
                                 psc,
                                 ssv,
-                                dout,
+                                (dout, None),
                                 Some(os),
                                 d.as_deref_mut(),
                                 dpsc,
@@ -575,7 +606,7 @@ impl CustomOp2 for BlockOp {
                             xs,
                             p1,
                             &sv.c1,
-                            &dz1,
+                            (&dz1, Some(sums1)),
                             Some(&sv.z1),
                             dx.as_deref_mut(),
                             dp1,
