@@ -1388,34 +1388,7 @@ mod tests {
             let x = rnd(n * cin * h * w, &mut seed);
             let wt = rnd(cout * cin * k * k, &mut seed);
             let dy = rnd(n * cout * g.p(), &mut seed);
-            let (mut y_ref, mut dx_ref, mut dw_ref) = (
-                vec![0f32; n * cout * g.p()],
-                vec![0f32; x.len()],
-                vec![0f32; wt.len()],
-            );
-            for b in 0..n {
-                for co in 0..cout {
-                    for oh in 0..g.ho {
-                        for ow in 0..g.wo {
-                            let o = (b * cout + co) * g.p() + oh * g.wo + ow;
-                            for ci in 0..cin {
-                                for kh in 0..k {
-                                    for kw in 0..k {
-                                        let Some((ih, iw)) = tap(&g, oh, ow, kh, kw) else {
-                                            continue;
-                                        };
-                                        let xi = (b * cin + ci) * h * w + ih * w + iw;
-                                        let wi = ((co * cin + ci) * k + kh) * k + kw;
-                                        y_ref[o] += x[xi] * wt[wi];
-                                        dx_ref[xi] += dy[o] * wt[wi];
-                                        dw_ref[wi] += dy[o] * x[xi];
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+            let (y_ref, dx_ref, dw_ref) = direct(&g, &x, &wt, &dy);
             let mut y = vec![f32::NAN; y_ref.len()];
             forward(&g, &x, &wt, &mut y, |_, _| {});
             close(&y, &y_ref, &format!("y {what}"));
