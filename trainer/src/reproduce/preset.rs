@@ -227,8 +227,9 @@ pub fn run_dir(root: &Path, cfg: &TrainConfig, data: &DataKey) -> PathBuf {
 }
 
 /// Stretches a run's budget by `factor`: iterations (or epochs), the evaluation interval, and
-/// every schedule position given in iterations (PC-LR milestones, CLR half cycles) scale together,
-/// so the comparison keeps its shape (one cycle's phases are fractions of the run already).
+/// every schedule position given in iterations (PC-LR milestones and warm-up, CLR half cycles)
+/// scale together, so the comparison keeps its shape (one cycle's phases are fractions of the run
+/// already).
 pub fn stretch(cfg: &mut TrainConfig, factor: f64) -> anyhow::Result<()> {
     if !(factor.is_finite() && factor > 0.0) {
         bail!("--budget must be a positive number, got {factor}");
@@ -244,6 +245,9 @@ pub fn stretch(cfg: &mut TrainConfig, factor: f64) -> anyhow::Result<()> {
         Schedule::Piecewise(p) => {
             for m in p.milestones.iter_mut() {
                 *m = scale(*m);
+            }
+            if p.warmup_iterations > 0 {
+                p.warmup_iterations = scale(p.warmup_iterations);
             }
         }
         Schedule::Clr(c) => c.step_size = scale(c.step_size),
@@ -512,6 +516,15 @@ mod tests {
             s => panic!("{s:?}"),
         }
         assert_ne!(run_dir(Path::new("r"), &pc, &d()), before);
+        // A warm-up is a position in iterations too.
+        if let Schedule::Piecewise(p) = &mut pc.schedule {
+            (p.warmup_iterations, p.warmup_lr) = (400, Some(0.01));
+        }
+        stretch(&mut pc, 2.0).unwrap();
+        match &pc.schedule {
+            Schedule::Piecewise(p) => assert_eq!(p.warmup_iterations, 800),
+            s => panic!("{s:?}"),
+        }
         for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
             let e = stretch(&mut pc.clone(), bad).unwrap_err().to_string();
             assert!(e.contains("--budget"), "{e}");
