@@ -945,3 +945,59 @@ fn write_report(
     crate::io::write_atomic(&plan.out.join("report.md"), markdown(&report).as_bytes())?;
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stat(v: &[f64]) -> Stat {
+        Stat::of(v).unwrap()
+    }
+
+    #[test]
+    fn a_difference_of_gaps_carries_both_errors_and_needs_two_seeds() {
+        // Gaps of +1.0 and +0.2 points, each from 3 seeds a side with a spread of 0.1.
+        let (a, b) = (stat(&[0.899, 0.900, 0.901]), stat(&[0.909, 0.910, 0.911]));
+        let big = Diff::of(&a, &b);
+        assert!((big.mean - 0.01).abs() < 1e-12 && big.min_seeds == 3);
+        let small = Diff::of(&a, &stat(&[0.901, 0.902, 0.903]));
+        let d = big.minus(&small);
+        assert!((d.mean - 0.008).abs() < 1e-12);
+        assert!((d.se - (big.se.powi(2) + small.se.powi(2)).sqrt()).abs() < 1e-15);
+        assert_eq!(d.verdict(), "positive");
+        assert_eq!(small.minus(&big).verdict(), "negative");
+        assert_eq!(big.minus(&big).verdict(), "inconclusive");
+        let one = Diff::of(&stat(&[0.9]), &stat(&[0.95]));
+        assert_eq!((one.verdict(), one.se), ("one seed", 0.0));
+        assert!(one.text().contains("1 seed"));
+    }
+
+    #[test]
+    fn the_first_cell_is_the_first_batch_on_every_image_and_depth_comes_last() {
+        let p = load().unwrap();
+        for (name, s) in &p.scale {
+            let c = cells(s).unwrap();
+            assert_eq!(
+                c.len(),
+                s.batches.len() * s.train_sizes.len() * 2 + 2,
+                "{name}"
+            );
+            assert_eq!(
+                (c[0].batch, c[0].images, c[0].arm),
+                (s.batches[0], s.all_images, 0)
+            );
+            assert_eq!(
+                (c[1].batch, c[1].images, c[1].arm),
+                (s.batches[0], s.all_images, 1)
+            );
+            // Each setting's two arms side by side (with two shards, one shard per arm).
+            assert!(c.iter().enumerate().all(|(k, x)| x.arm == k % 2), "{name}");
+            assert!(c[c.len() - 2..]
+                .iter()
+                .all(|x| x.depth && x.model == s.depth.model));
+            // After the first setting, the cheapest first.
+            let rest: Vec<usize> = c[2..c.len() - 2].iter().map(|x| x.images).collect();
+            assert!(rest.windows(2).all(|w| w[0] <= w[1]), "{name}: {rest:?}");
+        }
+    }
+}
