@@ -30,7 +30,7 @@ use super::search;
 use super::shard::Share;
 use super::ReproducePlan;
 use crate::config::TrainConfig;
-use crate::run_dir::{ended, final_val_acc, read_summary, Outcome};
+use crate::run_dir::{ended, read_summary, Outcome};
 use crate::schedule::{Schedule, WarmupShape};
 
 /// The preset, compiled in.
@@ -286,9 +286,7 @@ fn planned(
 }
 
 /// A finished run's final validation accuracy (fraction).
-pub fn accuracy(dir: &Path) -> Option<f64> {
-    final_val_acc(dir)
-}
+pub use crate::run_dir::final_val_acc as accuracy;
 
 /// A stage's choice once every run of it has ended.
 fn chosen(runs: &[ClaimsRun], value: impl Fn(&ClaimsRun) -> f64) -> Option<f64> {
@@ -365,6 +363,15 @@ fn cell_runs(
 /// Every run the experiment can name now, cell by cell; the same run directory is listed once
 /// (the first weight-decay run is the LR search's chosen run).
 pub fn plan_runs(scale: &ClaimsScale, plan: &ReproducePlan) -> anyhow::Result<Vec<ClaimsRun>> {
+    Ok(plan_with_choices(scale, plan)?.0)
+}
+
+/// [`plan_runs`], with each cell's choice once made (a depth cell's: its first cell's, once its
+/// runs are listed).
+fn plan_with_choices(
+    scale: &ClaimsScale,
+    plan: &ReproducePlan,
+) -> anyhow::Result<(Vec<ClaimsRun>, Vec<Option<Choice>>)> {
     let cells = cells(scale)?;
     let mut runs: Vec<ClaimsRun> = Vec::new();
     let mut choice: Vec<Option<Choice>> = vec![None; cells.len()];
@@ -382,33 +389,24 @@ pub fn plan_runs(scale: &ClaimsScale, plan: &ReproducePlan) -> anyhow::Result<Ve
             })
             .context("preset claims: no first cell for the depth cells")?;
         let Some(lw) = choice[first] else { continue };
+        choice[k] = Some(lw);
         for seed in 0..scale.depth.seeds {
             runs.push(planned(scale, (k, cell), Stage::Depth, lw, seed, plan)?);
         }
     }
     let mut seen = std::collections::HashSet::new();
     runs.retain(|r| seen.insert(r.run.dir.clone()));
-    Ok(runs)
+    Ok((runs, choice))
 }
 
-/// Whether a cell is complete: every run it can name has ended and nothing more will be named.
-fn cell_complete(scale: &ClaimsScale, cells: &[Cell], k: usize, runs: &[ClaimsRun]) -> bool {
-    let mine: Vec<&ClaimsRun> = runs.iter().filter(|r| r.cell == k).collect();
-    let all_ended = !mine.is_empty() && mine.iter().all(|r| ended(&r.run.dir));
-    let seeds = if cells[k].depth {
-        scale.depth.seeds
-    } else {
-        scale.seeds
-    };
-    // Complete once the last stage is listed and ended.
-    let last = if cells[k].depth {
-        Stage::Depth
-    } else if seeds > 1 {
-        Stage::Seeds
-    } else {
-        Stage::WeightDecay
-    };
-    all_ended && mine.iter().any(|r| r.stage == last)
+/// Whether cell `k` is complete: its choice is made (every run it names is listed) and every
+/// one of its runs has ended.
+fn cell_complete(k: usize, (runs, choices): (&[ClaimsRun], &[Option<Choice>])) -> bool {
+    choices[k].is_some()
+        && runs
+            .iter()
+            .filter(|r| r.cell == k)
+            .all(|r| ended(&r.run.dir))
 }
 
 fn status(dir: &Path) -> String {
@@ -465,13 +463,16 @@ pub fn reproduce(
     crate::io::ensure_writable_dir(&plan.out)?;
     let mine: Vec<usize> = (0..cells.len()).filter(|&k| share.owns(k)).collect();
     if *share != Share::All {
-        eprintln!("this worker: {}", share.describe_cells(cells.len()));
+        eprintln!(
+            "this worker: {}",
+            share.describe_units(cells.len(), "cells")
+        );
     }
     // Runs held by another worker: not tried again by this one.
     let mut held: Vec<std::path::PathBuf> = Vec::new();
     loop {
-        let runs = plan_runs(scale, plan)?;
-        write_report(&preset, scale, plan, &cells, &runs)?;
+        let (runs, choices) = plan_with_choices(scale, plan)?;
+        write_report(&preset, scale, plan, &cells, (&runs, &choices))?;
         let next = next_run(&runs, &mine, &held);
         let Some(r) = next else { break };
         match super::shard::claim(&r.run.dir)? {
@@ -491,9 +492,9 @@ pub fn reproduce(
             }
         }
     }
-    let runs = plan_runs(scale, plan)?;
+    let (runs, choices) = plan_with_choices(scale, plan)?;
     let open: Vec<String> = (0..cells.len())
-        .filter(|&k| !cell_complete(scale, &cells, k, &runs))
+        .filter(|&k| !cell_complete(k, (&runs, &choices)))
         .map(|k| {
             let c = &cells[k];
             format!("{} {} b{} {} img", c.label, c.model, c.batch, c.images)
@@ -625,30 +626,13 @@ pub struct ClaimsReport {
     pub plots: Vec<String>,
 }
 
-fn cell_rows(scale: &ClaimsScale, cells: &[Cell], runs: &[ClaimsRun]) -> Vec<CellRow> {
+fn cell_rows(cells: &[Cell], (runs, choices): (&[ClaimsRun], &[Option<Choice>])) -> Vec<CellRow> {
     cells
         .iter()
         .enumerate()
         .map(|(k, cell)| {
             let mine: Vec<&ClaimsRun> = runs.iter().filter(|r| r.cell == k).collect();
-            let complete_choice = |stage: Stage| {
-                mine.iter()
-                    .find(|r| r.stage == stage)
-                    .map(|r| (r.lr, r.weight_decay))
-            };
-            let chosen = if cell.depth {
-                complete_choice(Stage::Depth)
-            } else if scale.seeds > 1 {
-                complete_choice(Stage::Seeds)
-            } else {
-                // One seed: the choice is made when the weight-decay runs end.
-                let wd: Vec<ClaimsRun> = mine
-                    .iter()
-                    .filter(|r| r.stage == Stage::WeightDecay)
-                    .map(|r| (*r).clone())
-                    .collect();
-                chosen(&wd, |r| r.weight_decay).map(|w| (wd[0].lr, w))
-            };
+            let chosen = choices[k];
             let tried = mine
                 .iter()
                 .filter(|r| matches!(r.stage, Stage::Lr | Stage::WeightDecay))
@@ -759,9 +743,9 @@ fn build(
     scale: &ClaimsScale,
     plan: &ReproducePlan,
     cells: &[Cell],
-    runs: &[ClaimsRun],
+    planned: (&[ClaimsRun], &[Option<Choice>]),
 ) -> ClaimsReport {
-    let rows = cell_rows(scale, cells, runs);
+    let rows = cell_rows(cells, planned);
     let mut gaps = Vec::new();
     for c in cells.iter().filter(|c| c.arm == 0) {
         gaps.push(Gap {
@@ -901,10 +885,10 @@ fn write_report(
     scale: &ClaimsScale,
     plan: &ReproducePlan,
     cells: &[Cell],
-    runs: &[ClaimsRun],
+    planned: (&[ClaimsRun], &[Option<Choice>]),
 ) -> anyhow::Result<ClaimsReport> {
     let _lock = super::shard::report_lock(&plan.out)?;
-    let mut report = build(preset, scale, plan, cells, runs);
+    let mut report = build(preset, scale, plan, cells, planned);
     // Accuracy against training-set size: a line per arm and batch (ResNet-20 cells).
     let mut series: Vec<crate::plot::MeanSeries> = Vec::new();
     for &b in &scale.batches {

@@ -162,26 +162,19 @@ impl Share {
         }
     }
 
-    /// [`Share::describe`] for an experiment sharded by cell.
-    pub fn describe_cells(&self, cells: usize) -> String {
-        match self {
-            Share::All => format!("all {cells} cells"),
-            Share::Shard { index, count } => format!(
-                "shard {index}/{count}: {} of the {cells} cells",
-                (0..cells).filter(|k| k % count == *index).count()
-            ),
-            Share::ReportOnly => "no cells (--report)".into(),
-        }
+    pub fn describe(&self, runs: usize) -> String {
+        self.describe_units(runs, "runs")
     }
 
-    pub fn describe(&self, runs: usize) -> String {
+    /// This worker's share of `n` units (`runs`, or `cells` for an experiment sharded by cell).
+    pub fn describe_units(&self, n: usize, units: &str) -> String {
         match self {
-            Share::All => format!("all {runs} runs"),
+            Share::All => format!("all {n} {units}"),
             Share::Shard { index, count } => format!(
-                "shard {index}/{count}: {} of the {runs} runs",
-                (0..runs).filter(|k| k % count == *index).count()
+                "shard {index}/{count}: {} of the {n} {units}",
+                (0..n).filter(|&k| self.owns(k)).count()
             ),
-            Share::ReportOnly => "no runs (--report)".into(),
+            Share::ReportOnly => format!("no {units} (--report)"),
         }
     }
 }
