@@ -136,6 +136,13 @@ pub fn backward_sums(
             );
         }
     });
+    sum_parts(&parts, c)
+}
+
+/// Per-channel totals of per-(image, channel) partials `parts[i · c + ch]`, summed in image order
+/// (results do not depend on how the images were spread over threads).
+pub fn sum_parts(parts: &[(f64, f64)], c: usize) -> Vec<(f64, f64)> {
+    let n = parts.len() / c.max(1);
     (0..c)
         .map(|ch| {
             let (mut s, mut q) = (0f64, 0f64);

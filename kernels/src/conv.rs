@@ -49,11 +49,22 @@ pub enum Precision {
 }
 
 impl Precision {
-    /// `Ok` when this precision runs here ([`bf16::check`] for bf16).
+    /// `Ok` when this precision runs here ([`bf16::check`] for bf16: the CPU, and
+    /// `SC_KERNELS_ISA`'s cap).
     pub fn check(self) -> Result<(), String> {
         match self {
             Precision::F32 => Ok(()),
             Precision::Bf16 => bf16::check(),
+        }
+    }
+
+    /// `Ok` when the CPU has what this precision's kernels execute, whatever the cap: what they
+    /// need to be sound. (The cap is the caller's policy, checked once with [`Precision::check`];
+    /// it is process-wide and tests switch it.)
+    fn check_cpu(self) -> Result<(), String> {
+        match self {
+            Precision::F32 => Ok(()),
+            Precision::Bf16 => bf16::check_for(Isa::Avx512),
         }
     }
 }
@@ -345,6 +356,31 @@ fn run_f(
     }
 }
 
+/// [`run_f`] at the pass's precision: with `paired` (the steps' [`Pairing`], made only where the
+/// CPU has AVX512_BF16, and the A operand in its pairs), the parts of `b` the tiles read are first
+/// packed into pairs in `slot`.
+fn run_tiles(
+    isa: Isa,
+    (a, paired): (&[f32], Option<(&Pairing, &[u32])>),
+    row_tiles: usize,
+    offs: &[isize],
+    b: &[f32],
+    pt: usize,
+    (out, slot): (&mut [f32], &mut scratch::Slot),
+) {
+    match paired {
+        None => run_f(isa, a, row_tiles, offs, b, pt, out),
+        Some((pairing, a2)) => {
+            let b2 = slot.any_u32(b.len());
+            pairing.pack_b(b, b2);
+            // SAFETY: pairings exist only after Precision::check_cpu; a2 holds these tiles'
+            // pairs; the offsets plus pt stay inside b (so b2), as for run_f; out holds
+            // row_tiles · 8 rows of pt.
+            unsafe { pairing.run(a2, row_tiles, b2, pt, out) };
+        }
+    }
+}
+
 /// im2col of one image: `col[(ci, kh, kw)][p]`, rows `pt` long (the tail stays zero).
 fn im2col(g: &Geom, x: &[f32], pt: usize, col: &mut [f32]) {
     let (k, s, pad) = (g.k, g.stride, g.pad);
@@ -410,10 +446,10 @@ impl Packed {
         }
     }
 
-    /// [`Packed::new`] at a precision; an error when it does not run here ([`Precision::check`]).
-    /// bf16 pairs two input channels per step; with an odd count the products stay f32.
+    /// [`Packed::new`] at a precision; an error when the CPU cannot run it. bf16 pairs two input
+    /// channels per step; with an odd count the products stay f32.
     pub fn with_precision(g: &Geom, w: &[f32], precision: Precision) -> Result<Packed, String> {
-        precision.check()?;
+        precision.check_cpu()?;
         let mut p = Packed::new(g, w);
         if precision == Precision::Bf16 {
             // Steps (ci, kh, kw): ci pairs with ci + 1 at the same tap, kk steps later.
@@ -447,20 +483,18 @@ impl Packed {
         let plan = &self.plan;
         let count = tiles.len();
         let out = out.any(count * F_ROWS * plan.pt);
-        match &self.pairs {
-            None => {
-                let a = &self.a[tiles.start * plan.offs.len() * F_ROWS..];
-                run_f(isa, a, count, &plan.offs, src, plan.pt, out);
-            }
-            Some((pairing, a2)) => {
-                let b2 = pairs.any_u32(src.len());
-                pairing.pack_b(src, b2);
-                let a2 = &a2[tiles.start * pairing.len() * F_ROWS..];
-                // SAFETY: bf16::check passed when packing; a2 holds these tiles' pairs, the
-                // plan's offsets plus pt stay inside src (and so b2), out has count · 8 rows.
-                unsafe { pairing.run(a2, count, b2, plan.pt, out) };
-            }
-        }
+        let a = &self.a[tiles.start * plan.offs.len() * F_ROWS..];
+        let paired = (self.pairs.as_ref())
+            .map(|(pairing, a2)| (pairing, &a2[tiles.start * pairing.len() * F_ROWS..]));
+        run_tiles(
+            isa,
+            (a, paired),
+            count,
+            &plan.offs,
+            src,
+            plan.pt,
+            (out, pairs),
+        );
         let cos = tiles.start * F_ROWS..(tiles.end * F_ROWS).min(g.cout);
         plan.emit(g, out, cos, ep, n, y_n);
     }
@@ -768,7 +802,8 @@ pub fn backward(
     backward_with(Precision::F32, g, x, w, dx, dw, dy, dx_hook)
 }
 
-/// [`backward`] at a precision. bf16 (after [`Precision::check`]) pairs two output-gradient
+/// [`backward`] at a precision (a CPU without it panics: [`Precision::check`] first). bf16 pairs
+/// two output-gradient
 /// channels per step of the input gradient and two output pixels per step of the channels-last
 /// weight gradient; a pass whose steps do not pair, and the dot-product weight gradient of other
 /// shapes (the stem's), stay f32.
@@ -783,7 +818,9 @@ pub fn backward_with(
     dy: impl Fn(usize, &mut [f32]) + Sync,
     dx_hook: impl Fn(usize, &mut [f32]) + Sync,
 ) {
-    debug_assert!(precision.check().is_ok());
+    if let Err(e) = precision.check_cpu() {
+        panic!("conv::backward_with: {e}");
+    }
     let bf16 = precision == Precision::Bf16;
     let isa = micro::isa();
     let (cin_hw, out_img, kk) = (g.cin * g.hw(), g.cout * g.p(), g.kk());
@@ -874,16 +911,8 @@ pub fn backward_with(
     // The input gradient of image `n` from its laid-out output gradient `dj`.
     let dx_image = |n: usize, dj: &[f32], out: &mut [f32], pairs: &mut scratch::Slot| {
         if let Some(dxp) = dx_ptr {
-            match &dx_pairs {
-                None => run_f(isa, &a, a_tiles, &f_offs, dj, pt, out),
-                Some((pairing, a2)) => {
-                    let b2 = pairs.any_u32(dj.len());
-                    pairing.pack_b(dj, b2);
-                    // SAFETY: precision checked above; a2 packed for a_tiles tiles; the offsets
-                    // plus pt stay inside dj (so b2); out holds a_tiles · 8 rows of pt.
-                    unsafe { pairing.run(a2, a_tiles, b2, pt, out) };
-                }
-            }
+            let paired = dx_pairs.as_ref().map(|(pairing, a2)| (pairing, &a2[..]));
+            run_tiles(isa, (&a, paired), a_tiles, &f_offs, dj, pt, (out, pairs));
             // SAFETY: image n's slice of dx, written by this task only.
             let dxn = unsafe { std::slice::from_raw_parts_mut(dxp.get().add(n * cin_hw), cin_hw) };
             if flat {
@@ -1079,7 +1108,7 @@ impl ChannelsLast {
             for kh in 0..g.k {
                 let at = kh * self.wp * g.cin;
                 match (&x2, &a2) {
-                    // SAFETY: precision checked by the caller; a2 holds this group's pairs; the
+                    // SAFETY: check_cpu passed in backward_with; a2 holds this group's pairs; the
                     // offsets plus kc stay inside xb past `at` (as in f32), and x2 pairs every
                     // position up to xb.len() - d, which every pair's low offset + kc is below.
                     (Some((pairing, x2)), Some(a2)) => unsafe {
@@ -1315,8 +1344,8 @@ mod tests {
     /// steps do not pair (3 input channels) keeps its forward in f32, exactly.
     #[test]
     fn bf16_passes_sum_the_rounded_operands() {
-        if Precision::Bf16.check().is_err() {
-            eprintln!("skipped: {}", Precision::Bf16.check().unwrap_err());
+        if let Err(e) = Precision::Bf16.check_cpu() {
+            eprintln!("skipped: {e}");
             return;
         }
         let mut seed = 11u64;

@@ -572,14 +572,7 @@ impl CustomOp2 for BlockOp {
                             },
                         );
                         // In image order, as backward_sums reduces them.
-                        let sums1: Vec<(f64, f64)> = (0..c1c)
-                            .map(|ch| {
-                                (0..g1.n).fold((0f64, 0f64), |(s, q), i| {
-                                    let (a, b) = parts[i * c1c + ch];
-                                    (s + a, q + b)
-                                })
-                            })
-                            .collect();
+                        let sums1 = bn::sum_parts(&parts, c1c);
                         // Projection shortcut: its own input gradient, added to dx below.
                         let mut dxs = None;
                         if let (BlockShortcut::Projection(spec), Some(ssv)) =
